@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
+import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the project requires 3.11, kept for tools that import it on older Pythons
-    import tomli as tomllib
 
 import tomli_w
 
