@@ -36,6 +36,7 @@ class RunConfig:
     name: str = "debug"
     out_dir: str = "runs"
     seed: int = 0
+    resume: bool = True  # continue from the run's latest checkpoint when one exists
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,30 @@ class DataConfig:
     num_workers: int = 0
     prefetch: int = 2
     shuffle: bool = True
+    # LiDAR-clock sync (src/data/sync.py): per-sensor nearest-neighbour tolerance in s (rgb/ir/radar; absent =
+    # half that sensor's median period), the widest gap GPS change points / IMU records are interpolated across
+    # (and extrapolated beyond the ends), and the GPS segment speed (m/s) above which a fix jump is not motion.
+    sync_tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
+    sync_gps_max_gap: float = 10.0
+    sync_imu_max_gap: float = 1.0
+    sync_gps_max_speed: float = 80.0
+    # BEV rasters (src/data/transforms.py): metric extent in the LiDAR frame (x forward, y left, z up, metres);
+    # the size in cells comes from model.modalities.lidar/radar.shape. Intensity / radar values map to ~[0, 1].
+    bev_x_range: tuple[float, float] = (-51.2, 51.2)
+    bev_y_range: tuple[float, float] = (-51.2, 51.2)
+    bev_z_range: tuple[float, float] = (-3.0, 3.0)
+    bev_intensity_max: float = 255.0
+    radar_velocity_scale: float = 20.0
+    radar_rcs_scale: float = 20.0
+    # source = "episodes": cameras to load (views for the multi-view objectives), the one that feeds `rgb`
+    # ("" = the first), the temporal-pair offset range in frames [min, max], and recording a demo set on first use.
+    episode_cameras: tuple[str, ...] = ("front", "front_left", "front_right")
+    episode_rgb_camera: str = ""
+    episode_dt: tuple[int, int] = (1, 3)
+    record_if_missing: bool = False
+    record_episodes: int = 8
+    record_frames: int = 64
+    record_drop_prob: float = 0.1  # probability that a recorded camera frame is dropped (exercises the masks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +145,8 @@ class TrainingConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
+    min_lr_ratio: float = 0.0  # cosine decay ends at learning_rate * min_lr_ratio
+    export_encoder: bool = True  # write runs/<name>/encoder (encoders + fusion) when the run completes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +163,20 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectivesConfig:
+    """Weights of the pretraining objectives summed into the loss (0 = off)."""
+
+    masked_modeling: float = 1.0
+    # Episode (multi-camera) objectives, src/training/objectives.py `contrastive_loss`; need data.source = "episodes".
+    multiview: float = 0.0  # InfoNCE between the cameras of one instant
+    temporal: float = 0.0  # InfoNCE between one camera at t and t + dt (data.episode_dt)
+    multipositive: float = 0.0  # SupCon: all views of t and t + dt are positives of each other
+    latent_recon: float = 0.0  # reconstruct a dropped camera's fused latent from the other cameras'
+    temperature: float = 0.1  # InfoNCE / SupCon temperature
+    latent_decoder_hidden: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """One pretraining run (`python -m src.training.pretrainer`)."""
 
@@ -143,6 +184,91 @@ class PretrainConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    objectives: ObjectivesConfig = dataclasses.field(default_factory=ObjectivesConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Which simulator PPO trains in. jax_racecar runs the jitted engine; bullet and gymnasium the host loop."""
+
+    kind: Literal["jax_racecar", "bullet", "gymnasium"] = "jax_racecar"
+    id: str = "Pendulum-v1"  # gymnasium id (kind = "gymnasium")
+    track: str = ""  # track name for the racing envs ("" = the env's default track)
+    num_envs: int = 16
+    max_episode_steps: int = 0  # 0 = the env's own time limit
+    # racing envs (jax_racecar, bullet): sensors and the maximize_progress task
+    lidar_rays: int = 1080
+    camera: bool = False  # render the front camera (rgb_camera -> the rgb modality; costly on CPU)
+    time_limit: float = 120.0  # s of simulated time, then truncated
+    signed_progress: bool = False  # reward forward progress only (racecar_gym rewards |d progress|)
+    collision_reward: float = 0.0
+    terminate_on_collision: bool = False
+    reset_mode: Literal["grid", "random"] = "grid"  # training starts (jax_racecar); evaluation uses "grid"
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters; every implementation detail is a named switch (CleanRL's names)."""
+
+    total_env_steps: int = 1_000_000
+    num_steps: int = 128  # rollout length per env and iteration
+    num_minibatches: int = 4
+    update_epochs: int = 10
+    learning_rate: float = 3e-4
+    anneal_lr: bool = True  # linear decay to 0 over the run
+    adam_eps: float = 1e-5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True  # per minibatch
+    norm_obs: bool = False  # running mean/std of every float observation leaf
+    clip_obs: float = 10.0
+    norm_reward: bool = False  # divide by the running std of the discounted return
+    clip_reward: float = 10.0
+    bootstrap_truncation: bool = True  # a time-limit end bootstraps from V(final obs)
+    action_dist: Literal["clip", "tanh"] = "clip"
+    action_scale: float = 1.0  # env action = scale * squash(u)
+    agent: Literal["mlp", "raceformer"] = "raceformer"
+    mlp_hidden: tuple[int, ...] = (64, 64)
+    log_every: int = 1  # iterations
+    checkpoint_every: int = 10  # iterations (0 = only at the end)
+    keep_checkpoints: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Start PPO from a pretraining run's exported encoder + fusion weights, optionally frozen."""
+
+    pretrained_ckpt: str = ""  # path of an exported encoder ("" = train from scratch)
+    freeze_encoders: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Periodic deterministic evaluation (policy mean) during training, and the `--eval` mode."""
+
+    every: int = 10  # iterations (0 = off)
+    episodes: int = 10
+    max_steps: int = 2000  # per episode
+    gif: bool = True  # --eval writes a top-down GIF of the first episode
+    gif_frame_every: int = 4  # env steps per GIF frame
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """One PPO run (`python -m src.training.rl_agent`)."""
+
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
 
@@ -189,7 +315,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=True)))
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")

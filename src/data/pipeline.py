@@ -1,0 +1,360 @@
+"""CMHT scenes -> Grain: a random-access source over every LiDAR sweep of every sequence, and the batch pipeline.
+
+A sample is one LiDAR sweep (the master clock) with the other sensors synced to it (`src.data.sync`). The
+source splits into two picklable halves so that the expensive part runs in Grain's worker processes:
+`RecordTable` (index -> `Record`: file names + GPS/IMU vectors + sync validity, cheap) and `DecodeSample`
+(a `grain.transforms.Map`: read/decode files, BEV projection, resize/normalise). `CMHTDataSource[i]` is both at once.
+
+Batch format (what `build_pipeline` yields), for the modalities configured in `model.modalities`:
+    lidar     float32 [B, H, W, 4]  BEV: occupancy, max height, mean intensity, log density
+    rgb       float32 [B, H, W, 3]  front camera, resized, ImageNet-normalised
+    ir        float32 [B, H, W, 1]  infrared, resized, min-max normalised per frame
+    radar     float32 [B, H, W, 3]  BEV: occupancy, mean radial velocity, mean RCS
+    gps       float32 [B, k]        east, north (m, local ENU), heading (rad), speed (m/s) for k = 4
+    imu       float32 [B, 6]        gyro x, y, z (rad/s), accel x, y, z (m/s^2)
+    valid     {modality: bool [B]}  False = absent for that sample (its array is zeros)
+    timestamp float64 [B]           LiDAR sweep time (s)
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from src.config import DataConfig, ModalityConfig, ModelConfig
+from src.data import cmht, sync, transforms
+
+log = logging.getLogger(__name__)
+
+FILE_MODALITIES = ("lidar", "rgb", "ir", "radar")  # decoded from one file per sample; gps/imu come from sync
+CHANNELS = {"lidar": 4, "radar": 3, "rgb": 3, "ir": 1}
+
+
+def _shapes(modalities: Mapping[str, ModalityConfig | Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Check the configured modality shapes against what this source produces; returns name -> shape."""
+    shapes = {k: tuple(v.shape if isinstance(v, ModalityConfig) else v) for k, v in modalities.items()}
+    for name, shape in shapes.items():
+        if name in CHANNELS and (len(shape) != 3 or shape[2] != CHANNELS[name]):
+            raise ValueError(
+                f"model.modalities.{name}.shape={shape}: the CMHT source produces (H, W, {CHANNELS[name]})"
+            )
+        if name == "imu" and shape != (6,):
+            raise ValueError(f"model.modalities.imu.shape={shape}: the CMHT source produces (6,)")
+        if name == "gps" and len(shape) != 1:
+            raise ValueError(f"model.modalities.gps.shape={shape}: expected (k,)")
+    return shapes
+
+
+def bev_grid(data_cfg: DataConfig, shape: Sequence[int]) -> transforms.BevGrid:
+    """The BEV raster a DataConfig describes, at the (H, W) of a model modality shape."""
+    return transforms.BevGrid(
+        x_range=data_cfg.bev_x_range,
+        y_range=data_cfg.bev_y_range,
+        z_range=data_cfg.bev_z_range,
+        height=int(shape[0]),
+        width=int(shape[1]),
+        intensity_max=data_cfg.bev_intensity_max,
+    )
+
+
+# --------------------------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """What one sample needs before any file is read: the files synced to the sweep and the sync results."""
+
+    timestamp: float
+    files: dict[str, str]  # modality -> file, only for file modalities with a synced record
+    vectors: dict[str, np.ndarray]  # gps [k], imu [6]
+    valid: dict[str, bool]  # sync validity of every configured modality
+
+
+def sync_sequence(seq: cmht.Sequence, data_cfg: DataConfig, gps_dim: int) -> sync.SyncTable:
+    """The sync table of one sequence (LiDAR is the master clock; GPS/IMU absent = invalid throughout)."""
+    if "lidar" not in seq.streams:
+        raise cmht.CMHTFormatError(f"{seq.path}: no lidar stream, which is the master clock of a sample")
+    others = {s: seq.streams[s].timestamps for s in sync.NEAREST_SENSORS if s in seq.streams}
+    gps_imu = seq.gps_imu() if "gps_imu" in seq.streams else None
+    return sync.sync_sequence(
+        seq.streams["lidar"].timestamps, others, gps_imu, gps_dim=gps_dim, **sync.sync_kwargs(data_cfg)
+    )
+
+
+class RecordTable:
+    """Global sample index over all sequences (index -> `Record`); plain data, cheap to send to workers."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        files: Sequence[Mapping[str, Sequence[str]]],
+        tables: Sequence[sync.SyncTable],
+        modalities: Sequence[str],
+    ):
+        self.names = list(names)
+        self.files = [{k: tuple(v) for k, v in f.items()} for f in files]
+        self.tables = list(tables)
+        self.modalities = tuple(modalities)
+        self.offsets = np.cumsum([0] + [len(t) for t in self.tables]).tolist()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global index -> (sequence number, sweep number within it)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range [0, {len(self)})")
+        s = bisect.bisect_right(self.offsets, index) - 1
+        return s, index - self.offsets[s]
+
+    def __getitem__(self, index: int) -> Record:
+        s, row = self.locate(int(index))
+        table, files = self.tables[s], self.files[s]
+        paths: dict[str, str] = {}
+        valid: dict[str, bool] = {}
+        for m in self.modalities:
+            ok = bool(table.valid[m][row])
+            if m in FILE_MODALITIES and ok:
+                paths[m] = files[m][int(table.index[m][row])]
+            valid[m] = ok
+        vectors = {"gps": table.gps[row], "imu": table.imu[row]}
+        return Record(
+            float(table.timestamps[row]), paths, {k: vectors[k] for k in vectors if k in valid}, valid
+        )
+
+    def valid_counts(self) -> dict[str, int]:
+        """Samples with each configured modality valid after sync (before any file is read)."""
+        return {m: int(sum(int(t.valid[m].sum()) for t in self.tables)) for m in self.modalities}
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+class DecodeSample(grain.transforms.Map):
+    """Record -> Contract-1 sample. Runs inside Grain (in the worker processes when there are workers).
+
+    A record that cannot be read raises `cmht.CMHTFormatError` naming the file (on_error="raise") or makes that
+    modality invalid with zeros (on_error="skip"); skips are counted in `skipped` (per process: with workers,
+    the counts live in the worker processes; the `valid` masks in the batches are the global record).
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], data_cfg: DataConfig):
+        self.shapes = dict(shapes)
+        self.on_error = data_cfg.on_error
+        self.radar_scales = (data_cfg.radar_velocity_scale, data_cfg.radar_rcs_scale)
+        self.grids = {m: bev_grid(data_cfg, self.shapes[m]) for m in ("lidar", "radar") if m in self.shapes}
+        self.skipped: collections.Counter[str] = collections.Counter()
+
+    def read(self, modality: str, path: str) -> np.ndarray:
+        """Decode one file into the model input of `modality` (raises on any defect)."""
+        shape = self.shapes[modality]
+        if modality == "lidar":
+            return transforms.lidar_bev(cmht.read_pcd(path), self.grids["lidar"])
+        if modality == "radar":
+            v, r = self.radar_scales
+            return transforms.radar_bev(
+                cmht.read_pcd(path), self.grids["radar"], velocity_scale=v, rcs_scale=r
+            )
+        if modality == "rgb":
+            return transforms.rgb_input(path, shape)
+        if modality == "ir":
+            return transforms.ir_input(path, shape)
+        raise AssertionError(modality)
+
+    def map(self, record: Record) -> dict[str, Any]:
+        sample: dict[str, Any] = {}
+        valid: dict[str, np.bool_] = {}
+        for m, shape in self.shapes.items():
+            ok = record.valid[m]
+            value = None
+            if ok and m in FILE_MODALITIES:
+                path = record.files[m]
+                try:
+                    value = self.read(m, path)
+                except (OSError, ValueError, EOFError) as e:
+                    if self.on_error == "raise":
+                        raise cmht.CMHTFormatError(f"{path}: cannot read the {m} record: {e}") from e
+                    self.skipped[m] += 1
+                    log.warning("skipping %s record %s: %s", m, path, e)
+                    ok = False
+            elif ok:
+                value = np.asarray(record.vectors[m], np.float32)
+            sample[m] = value.astype(np.float32, copy=False) if ok else np.zeros(shape, np.float32)
+            valid[m] = np.bool_(ok)
+        sample["valid"] = valid
+        sample["timestamp"] = np.float64(record.timestamp)
+        return sample
+
+
+# --------------------------------------------------------------------------------------------- source
+
+
+class CMHTDataSource:
+    """Grain random-access source (`__len__`, `__getitem__`) of Contract-1 samples over CMHT sequences."""
+
+    def __init__(
+        self,
+        sequences: Sequence[cmht.Sequence],
+        data_cfg: DataConfig,
+        modalities: Mapping[str, ModalityConfig | Sequence[int]],
+        report: cmht.Report | None = None,
+    ):
+        shapes = _shapes(modalities)
+        gps_dim = shapes["gps"][0] if "gps" in shapes else 4
+        names, files, tables = [], [], []
+        for seq in sequences:
+            try:
+                table = sync_sequence(seq, data_cfg, gps_dim)
+            except (OSError, ValueError) as e:
+                if data_cfg.on_error == "raise":
+                    raise
+                if report is not None:
+                    report.problems.append(f"{seq.path}: sequence left out: {e}")
+                log.warning("leaving out sequence %s: %s", seq.path, e)
+                continue
+            names.append(seq.name)
+            files.append(
+                {m: [str(p) for p in seq.streams[m].files] for m in FILE_MODALITIES if m in seq.streams}
+            )
+            tables.append(table)
+        if not tables:
+            raise FileNotFoundError(f"no usable CMHT sequence among {len(sequences)} found")
+        self.records = RecordTable(names, files, tables, list(shapes))
+        self.decoder = DecodeSample(shapes, data_cfg)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.decoder.map(self.records[int(index)])
+
+    def valid_counts(self) -> dict[str, int]:
+        return self.records.valid_counts()
+
+
+def sweep_frame(seq: cmht.Sequence, sweep: int) -> int:
+    """The frame number (label index space) of a LiDAR sweep: its 8-digit file name, else its position."""
+    stem = Path(seq.streams["lidar"].files[sweep]).stem
+    return int(stem) if stem.isdigit() else sweep
+
+
+def write_bev_png(
+    seq: cmht.Sequence, path: str | Path, data_cfg: DataConfig, *, sweep: int | None = None, size: int = 256
+) -> tuple[Path, int, int]:
+    """Draw one sweep's LiDAR BEV with its label footprints to a PNG: (path, sweep, boxes drawn).
+
+    sweep=None picks the first sweep that has a non-empty label file (the first sweep when none has).
+    """
+    if "lidar" not in seq.streams:
+        raise cmht.CMHTFormatError(f"{seq.path}: no lidar stream to draw")
+    n = len(seq.streams["lidar"].files)
+    boxes = np.zeros((0, 7))
+    if sweep is None:
+        sweep = 0
+        for i in range(n):
+            label = seq.labels.get(sweep_frame(seq, i))
+            if label is not None and len(found := cmht.label_boxes(cmht.read_labels(label))):
+                sweep, boxes = i, found
+                break
+    elif (label := seq.labels.get(sweep_frame(seq, sweep))) is not None:
+        boxes = cmht.label_boxes(cmht.read_labels(label))
+    grid = bev_grid(data_cfg, (size, size))
+    bev = transforms.lidar_bev(cmht.read_pcd(seq.streams["lidar"].files[sweep]), grid)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    transforms.bev_picture(bev, boxes, grid).save(path)
+    return path, sweep, len(boxes)
+
+
+def build_cmht_source(
+    data_cfg: DataConfig, model_cfg: ModelConfig, report: cmht.Report | None = None
+) -> CMHTDataSource:
+    """Index every sequence under `data_cfg.root` and sync it; the samples carry `model_cfg.modalities`."""
+    sequences = cmht.find_sequences(Path(data_cfg.root), on_error=data_cfg.on_error, report=report)
+    if not sequences:
+        raise FileNotFoundError(f"no CMHT sequence under data.root={data_cfg.root}")
+    return CMHTDataSource(sequences, data_cfg, model_cfg.modalities, report)
+
+
+def build_pipeline(
+    source: CMHTDataSource,
+    *,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+    prefetch: int = 2,
+    shuffle: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    drop_remainder: bool = True,
+    num_epochs: int | None = None,
+    num_threads: int | None = None,
+) -> grain.DatasetIterator:
+    """An iterator of batches (module docstring): this process's shard, shuffled per epoch, repeated.
+
+    shard_index/shard_count default to `jax.process_index()` / `jax.process_count()`: each process reads only
+    records shard_index::shard_count. num_epochs=None repeats forever. Decoding happens in `num_workers` spawned
+    processes (0 = in this process); num_threads decode threads per process (default: 2 without workers, 1 per
+    worker, so that workers do not oversubscribe the cores). The output does not depend on either count.
+    The iterator has `get_state()` / `set_state()` and works with `grain.checkpoint.CheckpointSave/Restore`.
+    """
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index} is not in [0, shard_count={shard_count})")
+    threads = num_threads if num_threads is not None else (1 if num_workers > 0 else 2)
+    ds = grain.MapDataset.source(source.records)[shard_index::shard_count]
+    if len(ds) < batch_size and drop_remainder:
+        raise ValueError(
+            f"shard {shard_index}/{shard_count} has {len(ds)} samples, fewer than batch_size={batch_size}"
+        )
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs).map(source.decoder).batch(batch_size, drop_remainder=drop_remainder)
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=max(1, prefetch))
+    )
+    if num_workers > 0:
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch))
+        )
+    return iter(it)
+
+
+def ensure_dataset(data_cfg: DataConfig) -> Path:
+    """`data_cfg.root`, writing a synthetic CMHT set there first when it is missing and the config allows it."""
+    root = Path(data_cfg.root)
+    if root.exists():
+        return root
+    if not data_cfg.synthesize_if_missing:
+        raise FileNotFoundError(
+            f"data.root={root} does not exist (set data.synthesize_if_missing=true to write a synthetic set there)"
+        )
+    from src.data import synthetic
+
+    # Written beside the target and renamed into place, so that concurrent processes never see half a set.
+    tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    synthetic.write_cmht_sequence(
+        tmp / "drive_synthetic_clear_0" / "drive_synthetic_1", frames=data_cfg.synthetic_frames, seed=0
+    )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if not root.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process got there first
+    return root

@@ -1,0 +1,310 @@
+"""Raw CMHT ROS2 bags (sqlite3 or MCAP) read with `rosbags`, into the same per-sensor streams as the frame layout.
+
+Topic names are not documented, so topics are mapped to sensors by message type (overridable per sensor):
+    sensor_msgs/msg/PointCloud2               lidar (a topic naming "radar" goes to radar)
+    sensor_msgs/msg/Image, CompressedImage    rgb (a topic naming "ir", "thermal" or "infra" goes to ir)
+    sensor_msgs/msg/Imu                       gps_imu record times, gyro and accel
+    sensor_msgs/msg/NavSatFix                 the position of the gps_imu records (held between fixes)
+A record's time is its header stamp (the bag's log time when the stamp is zero), in float64 seconds.
+IMU values are kept as published (ROS: rad/s and m/s^2, z up, so +9.8 at rest where the frame release has -9.8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rosbags.rosbag2 import Reader, ReaderError
+from rosbags.typesys import Stores, get_typestore
+
+from src.data import cmht
+from src.data.cmht import CMHTFormatError, OnError, Report
+
+POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+IMU = "sensor_msgs/msg/Imu"
+NAVSATFIX = "sensor_msgs/msg/NavSatFix"
+TOPIC_SENSORS = ("lidar", "radar", "rgb", "ir", "imu", "gps")
+_ACCEPTS = {
+    "lidar": (POINTCLOUD2,),
+    "radar": (POINTCLOUD2,),
+    "rgb": (IMAGE, COMPRESSED),
+    "ir": (IMAGE, COMPRESSED),
+    "imu": (IMU,),
+    "gps": (NAVSATFIX,),
+}
+_POINT_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
+_ENCODINGS = {  # encoding -> (element type, channels, reversed colour order)
+    "rgb8": ("u1", 3, False),
+    "bgr8": ("u1", 3, True),
+    "rgba8": ("u1", 4, False),
+    "bgra8": ("u1", 4, True),
+    "mono8": ("u1", 1, False),
+    "8uc1": ("u1", 1, False),
+    "mono16": ("u2", 1, False),
+    "16uc1": ("u2", 1, False),
+    "32fc1": ("f4", 1, False),
+}
+TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
+
+
+def _words(topic: str) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", topic.lower()))
+
+
+def map_topics(connections: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{topic: msgtype} -> {sensor: topic} for TOPIC_SENSORS (module docstring); overrides win and are checked."""
+    overrides = dict(overrides or {})
+    for sensor, topic in overrides.items():
+        if sensor not in _ACCEPTS:
+            raise ValueError(f"rosbag topic override for unknown sensor {sensor!r} (known: {TOPIC_SENSORS})")
+        if connections.get(topic) not in _ACCEPTS[sensor]:
+            raise CMHTFormatError(
+                f"rosbag: topic {topic!r} for {sensor} is not in the bag with one of the types {_ACCEPTS[sensor]} "
+                f"(found {connections.get(topic)!r})"
+            )
+    out = dict(overrides)
+    taken = set(overrides.values())
+    for topic, msgtype in sorted(connections.items()):
+        if topic in taken:
+            continue
+        words = _words(topic)
+        if msgtype == POINTCLOUD2:
+            sensor = "radar" if any("radar" in w for w in words) else "lidar"
+        elif msgtype in (IMAGE, COMPRESSED):
+            sensor = "ir" if words & {"ir", "thermal", "infra", "infrared", "flir"} else "rgb"
+        elif msgtype == IMU:
+            sensor = "imu"
+        elif msgtype == NAVSATFIX:
+            sensor = "gps"
+        else:
+            continue
+        out.setdefault(sensor, topic)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+def pointcloud2_fields(msg: Any, where: str) -> dict[str, np.ndarray]:
+    """A PointCloud2 message -> {field: array [N] or [N, count]} (native byte order), one frombuffer."""
+    order = ">" if msg.is_bigendian else "<"
+    names, formats, offsets = [], [], []
+    for f in msg.fields:
+        if f.datatype not in _POINT_TYPES:
+            raise CMHTFormatError(f"{where}: PointCloud2 field {f.name!r} has unknown datatype {f.datatype}")
+        base = np.dtype(order + _POINT_TYPES[f.datatype])
+        names.append(f.name)
+        formats.append((base, (f.count,)) if f.count > 1 else base)
+        offsets.append(f.offset)
+    n = int(msg.width) * int(msg.height)
+    try:
+        dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
+    except ValueError as e:
+        raise CMHTFormatError(
+            f"{where}: PointCloud2 fields do not fit point_step {msg.point_step}: {e}"
+        ) from e
+    data = np.asarray(msg.data, np.uint8)
+    if msg.row_step < msg.width * msg.point_step or len(data) < msg.height * msg.row_step:
+        raise CMHTFormatError(
+            f"{where}: PointCloud2 holds {len(data)} bytes, expected {msg.height} rows of {msg.row_step}"
+        )
+    rows = data[: msg.height * msg.row_step].reshape(msg.height, msg.row_step)[
+        :, : msg.width * msg.point_step
+    ]
+    rec = np.frombuffer(np.ascontiguousarray(rows).tobytes(), dtype, count=n)
+    return {name: rec[name].astype(rec[name].dtype.newbyteorder("="), copy=True) for name in names}
+
+
+def image_pixels(msg: Any, msgtype: str, where: str) -> np.ndarray:
+    """An Image / CompressedImage message -> pixels ([H, W, C] colour, [H, W] single channel)."""
+    if msgtype == COMPRESSED:
+        try:
+            with Image.open(io.BytesIO(np.asarray(msg.data, np.uint8).tobytes())) as im:
+                im.load()
+                return np.asarray(im)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise CMHTFormatError(f"{where}: cannot decode the compressed image: {e}") from e
+    enc = _ENCODINGS.get(msg.encoding.lower())
+    if enc is None:
+        raise CMHTFormatError(
+            f"{where}: unsupported image encoding {msg.encoding!r} (known: {sorted(_ENCODINGS)})"
+        )
+    kind, ch, rev = enc
+    dtype = np.dtype((">" if msg.is_bigendian else "<") + kind)
+    row = msg.width * ch * dtype.itemsize
+    data = np.asarray(msg.data, np.uint8)
+    if msg.step < row or len(data) < msg.height * msg.step:
+        raise CMHTFormatError(
+            f"{where}: image holds {len(data)} bytes, expected {msg.height} rows of {msg.step}"
+        )
+    rows = np.ascontiguousarray(data[: msg.height * msg.step].reshape(msg.height, msg.step)[:, :row])
+    img = (
+        np.frombuffer(rows.tobytes(), dtype)
+        .astype(dtype.newbyteorder("="))
+        .reshape(msg.height, msg.width, ch)
+    )
+    if rev:
+        img = np.concatenate([img[..., 2::-1], img[..., 3:]], axis=-1)
+    return img[..., 0] if ch == 1 else img
+
+
+# --------------------------------------------------------------------------------------------- sequence
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BagStream:
+    """One topic's records: times (float64 s, strictly increasing), and to find them again their log times (ns)
+    and positions among the topic's messages (which differ from 0..N-1 where out-of-order messages were dropped)."""
+
+    name: str
+    topic: str
+    msgtype: str
+    timestamps: np.ndarray
+    log_times: np.ndarray
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+
+class RosbagSequence:
+    """A ROS2 bag as one sequence: `streams` per sensor (lidar, rgb, ir, radar, gps_imu), `read`, `gps_imu()`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        topics: Mapping[str, str] | None = None,
+        *,
+        on_error: OnError = "raise",
+        report: Report | None = None,
+    ):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.on_error, self.report = on_error, report
+        try:
+            with Reader(self.path) as reader:
+                types = {c.topic: c.msgtype for c in reader.connections}
+                self.topics = map_topics(types, topics)
+                wanted = {topic: sensor for sensor, topic in self.topics.items()}
+                conns = [c for c in reader.connections if c.topic in wanted]
+                stamps: dict[str, list[tuple[int, float]]] = {s: [] for s in self.topics}
+                for conn, log_ns, raw in reader.messages(connections=conns):
+                    stamp = TYPESTORE.deserialize_cdr(raw, conn.msgtype).header.stamp
+                    t = stamp.sec + stamp.nanosec * 1e-9 if (stamp.sec or stamp.nanosec) else log_ns * 1e-9
+                    stamps[wanted[conn.topic]].append((log_ns, t))
+        except (ReaderError, OSError, KeyError, ValueError) as e:
+            if isinstance(e, CMHTFormatError):  # a topic override that does not fit the bag
+                raise CMHTFormatError(f"{self.path}: {e}") from e
+            raise CMHTFormatError(f"{self.path}: cannot read the ROS2 bag: {e}") from e
+        if report is not None:
+            report.ignored += [
+                f"{self.path}: topic {t} ({m}) not mapped" for t, m in types.items() if t not in wanted
+            ]
+        self.channels: dict[str, BagStream] = {}
+        for sensor, rows in stamps.items():
+            topic = self.topics[sensor]
+            log = np.array([r[0] for r in rows], np.int64)
+            t = np.array([r[1] for r in rows], np.float64)
+            keep = np.ones(len(t), np.bool_)
+            keep[1:] = t[1:] > np.maximum.accumulate(t)[:-1]
+            if not keep.all():
+                cmht.report_problem(
+                    f"{self.path}: topic {topic}: {int((~keep).sum())} message(s) not strictly later than the "
+                    "previous ones; dropped",
+                    on_error,
+                    report,
+                    sensor,
+                    int((~keep).sum()),
+                )
+            self.channels[sensor] = BagStream(
+                sensor, topic, types[topic], t[keep], log[keep], np.flatnonzero(keep)
+            )
+        self.streams = {s: self.channels[s] for s in ("lidar", "rgb", "ir", "radar") if s in self.channels}
+        if "imu" in self.channels:
+            self.streams["gps_imu"] = dataclasses.replace(self.channels["imu"], name="gps_imu")
+
+    def _messages(self, sensor: str, index: int | None = None) -> list[Any]:
+        """Deserialised messages of one sensor's topic: all of them, or the one at `index`."""
+        ch = self.channels[sensor]
+        span = (
+            {} if index is None else {"start": int(ch.log_times[index]), "stop": int(ch.log_times[index]) + 1}
+        )
+        with Reader(self.path) as reader:
+            conns = [c for c in reader.connections if c.topic == ch.topic]
+            msgs = [TYPESTORE.deserialize_cdr(raw, c.msgtype) for c, _, raw in reader.messages(conns, **span)]
+        return [msgs[i] for i in ch.positions] if index is None else msgs[:1]
+
+    def read(self, sensor: str, index: int) -> dict[str, np.ndarray] | np.ndarray:
+        """Record `index` of lidar/radar (point fields, as `cmht.read_pcd`) or rgb/ir (pixels, as `read_image`)."""
+        ch = self.channels[sensor]
+        where = f"{self.path}: topic {ch.topic} message {index}"
+        (msg,) = self._messages(sensor, index)
+        if ch.msgtype == POINTCLOUD2:
+            return pointcloud2_fields(msg, where)
+        return image_pixels(msg, ch.msgtype, where)
+
+    def gps_imu(self) -> cmht.GpsImu:
+        """IMU records with the latest NavSatFix at or before each (held; fix_changed where a new fix arrived)."""
+        if "imu" not in self.channels:
+            raise CMHTFormatError(f"{self.path}: no sensor_msgs/msg/Imu topic for the gps_imu records")
+        imu = self._messages("imu")
+        t = self.channels["imu"].timestamps
+        gyro = np.array([[m.angular_velocity.x, m.angular_velocity.y, m.angular_velocity.z] for m in imu])
+        accel = np.array(
+            [[m.linear_acceleration.x, m.linear_acceleration.y, m.linear_acceleration.z] for m in imu]
+        )
+        gyro, accel = gyro.reshape(-1, 3), accel.reshape(-1, 3)
+        n = len(t)
+        fix = np.full(n, -1, np.int64)
+        lat = lon = np.zeros(0)
+        fix_ok = np.zeros(0, np.bool_)
+        if "gps" in self.channels:
+            gps = self._messages("gps")
+            lat = np.array([m.latitude for m in gps], np.float64)
+            lon = np.array([m.longitude for m in gps], np.float64)
+            fix_ok = (
+                np.array([m.status.status >= 0 for m in gps], np.bool_) & np.isfinite(lat) & np.isfinite(lon)
+            )
+            fix = np.searchsorted(self.channels["gps"].timestamps, t, side="right") - 1
+        has_fix = fix >= 0
+        valid = has_fix & np.all(np.isfinite(gyro), axis=1) & np.all(np.isfinite(accel), axis=1)
+        valid[has_fix] &= fix_ok[fix[has_fix]]
+        bad = int(n - valid.sum())
+        if bad:
+            cmht.report_problem(
+                f"{self.path}: {bad} IMU record(s) without a valid GPS fix or with non-finite values",
+                self.on_error,
+                self.report,
+                "gps_imu",
+                bad,
+            )
+        out_lat = np.where(valid, lat[np.maximum(fix, 0)] if len(lat) else 0.0, 0.0)
+        out_lon = np.where(valid, lon[np.maximum(fix, 0)] if len(lon) else 0.0, 0.0)
+        enu = np.zeros((n, 2))
+        changed = np.zeros(n, np.bool_)
+        if valid.any():
+            first = int(np.argmax(valid))
+            enu[valid] = cmht.latlon_to_enu(out_lat[valid], out_lon[valid], out_lat[first], out_lon[first])
+            f = fix[valid]
+            c = np.ones(len(f), np.bool_)
+            c[1:] = f[1:] != f[:-1]
+            changed[valid] = c
+        zero = ~valid[:, None]
+        return cmht.GpsImu(
+            t=t,
+            lat=out_lat,
+            lon=out_lon,
+            enu=enu,
+            gyro=np.where(zero, 0.0, gyro),
+            accel=np.where(zero, 0.0, accel),
+            fix_changed=changed,
+            valid=valid,
+        )

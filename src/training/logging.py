@@ -1,0 +1,96 @@
+"""Training metrics: `flax.nnx.metrics` averages -> console progress bar, `metrics.jsonl` and TensorBoard.
+
+`update` accumulates one step's scalars (an `nnx.metrics.Average` per key); `log` folds in its own metrics,
+writes the averages since the last `log` as one JSON line and one TensorBoard scalar per key, advances the
+progress bar and resets the averages. On non-zero JAX processes the logger is disabled and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+_BAR_KEYS = ("loss", "lr", "samples_per_s", "return", "episode/return")
+
+
+class MetricLogger:
+    def __init__(self, run_dir: str | Path, *, total_steps: int, enabled: bool = True, progress: bool = True,
+                 initial_step: int = 0):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._averages: dict[str, nnx.metrics.Average] = {}
+        self._t0 = time.perf_counter()
+        self._bar = None
+        self._writer = None
+        self._jsonl = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = (self.run_dir / "metrics.jsonl").open("a")
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, leave=True)
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        """Accumulate one step's scalar metrics (JAX or NumPy scalars, or floats)."""
+        if not self.enabled:
+            return
+        for key, value in metrics.items():
+            avg = self._averages.get(key)
+            if avg is None:
+                avg = self._averages[key] = nnx.metrics.Average()
+            avg.update(values=np.asarray(value, np.float64))
+
+    def log(self, step: int, metrics: dict[str, Any] | None = None) -> dict[str, float]:
+        """Fold in `metrics`, write the averages since the last call at `step`, reset; returns what was written."""
+        if not self.enabled:
+            return {}
+        if metrics:
+            self.update(metrics)
+        row = {k: float(avg.compute()) for k, avg in self._averages.items()}
+        self._averages.clear()
+        record = {"step": int(step), "wall_s": round(time.perf_counter() - self._t0, 3), **row}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in row.items():
+            if math.isfinite(value):
+                self._writer.add_scalar(key, value, int(step))
+        self._writer.flush()
+        if self._bar is not None:
+            self._bar.n = int(step)
+            shown = {k: f"{row[k]:.4g}" for k in _BAR_KEYS if k in row}
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.refresh()
+        return row
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None

@@ -1,0 +1,567 @@
+"""PPO runs: `python -m src.training.rl_agent --config configs/rl_racecar.toml [--eval] [--no-resume]`.
+
+A run lives in `runs/<name>/` (Contract 3): the resolved `config.toml`, Orbax checkpoints in `ckpt/` (the whole
+engine carry, so a resumed JAX-engine run continues exactly; host-engine runs restart their episodes),
+`metrics.jsonl` + TensorBoard events (episodic return, lap progress, laps, collision rate, env steps/s, losses,
+approximate KL, clip fraction, entropy), periodic deterministic evaluations and `learning_curve.png`.
+`--eval` restores the latest checkpoint, drives `eval.episodes` deterministic episodes, prints lap time and
+collisions, and writes `eval.gif` (top-down: track walls, the car's trail and pose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from src import config
+from src.config import RLConfig
+from src.data import transforms
+from src.envs import gym_wrapper, jax_racecar
+from src.envs.tracks import get_track
+from src.training import ppo
+from src.training.agent import FROZEN_PREFIXES, UNUSED_PREFIXES, build_agent, load_pretrained
+from src.training.checkpoint import Checkpointer
+from src.training.logging import MetricLogger
+
+RACING_INFO = ("total_progress", "lap", "wall_collision")
+
+
+# --------------------------------------------------------------------------------------------- envs
+
+
+@dataclasses.dataclass
+class EnvBundle:
+    """What the trainer needs from an env kind: the engine's env, an eval runner and the action size."""
+
+    action_dim: int
+    obs_example: Any  # one agent observation, no batch axis
+    make_engine: Callable[[ppo.Learner], Any]
+    evaluate: Callable[[ppo.Learner, ppo.TrainState, int], dict[str, np.ndarray]]
+    control_dt: float = 0.0  # seconds per env step (0: not a racing env)
+    track: Any = None
+
+
+def _vector_env(cfg: RLConfig, num_envs: int, seed_offset: int = 0) -> Any:
+    kwargs: dict[str, Any] = {}
+    if cfg.env.max_episode_steps:
+        kwargs["max_episode_steps"] = cfg.env.max_episode_steps
+    if cfg.env.kind == "bullet":
+        e = cfg.env
+        if e.signed_progress or e.reset_mode != "grid":
+            raise config.ConfigError(
+                "env.signed_progress / env.reset_mode are options of the jax_racecar env only"
+            )
+        env_id = "raceformer/BulletRace-v0"  # registered by importing src.envs
+        kwargs.update(
+            lidar_rays=e.lidar_rays,
+            camera=e.camera,
+            time_limit=e.time_limit,
+            collision_reward=e.collision_reward,
+            terminate_on_collision=e.terminate_on_collision,
+        )
+        if e.track:
+            kwargs["track"] = e.track
+    else:
+        env_id = cfg.env.id
+    return gymnasium.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP},
+        **kwargs,
+    )
+
+
+def _contract_fn(cfg: RLConfig) -> tuple[Callable, Callable]:
+    """(obs_fn, action_fn) mapping racecar_gym observations to the agent's Contract-1 input and back."""
+    grid = transforms.BevGrid()
+
+    def obs_fn(env_obs: dict) -> dict:
+        sample, valid = gym_wrapper.contract_obs(env_obs, cfg.model.modalities, grid)
+        sample.pop("timestamp")
+        return {**sample, "valid": valid}
+
+    return obs_fn, gym_wrapper.unflatten_action
+
+
+def host_bundle(cfg: RLConfig) -> EnvBundle:
+    """gymnasium (array observations, MLP agent) or our PyBullet env (Contract-1 observations)."""
+    probe = _vector_env(cfg, 1)
+    if cfg.env.kind == "bullet":
+        obs_fn, action_fn = _contract_fn(cfg)
+        action_dim, info_keys = 2, RACING_INFO
+        dt = float(probe.get_attr("sim_config")[0].control_dt)
+        track = probe.get_attr("track")[0]
+    else:
+        obs_fn, action_fn = (lambda o: np.asarray(o, np.float32)), (lambda a: a)
+        action_dim, info_keys, dt, track = int(np.prod(probe.single_action_space.shape)), (), 0.0, None
+    obs0, _ = probe.reset(seed=0)
+    example = jax.tree.map(lambda x: np.asarray(x)[0], obs_fn(obs0))
+    probe.close()
+
+    def make_engine(learner: ppo.Learner) -> ppo.HostEngine:
+        env = _vector_env(cfg, cfg.env.num_envs)
+        return ppo.HostEngine(learner, env, obs_fn, info_keys, action_fn)
+
+    def evaluate(learner: ppo.Learner, state: ppo.TrainState, episodes: int) -> dict[str, np.ndarray]:
+        env = _vector_env(cfg, episodes)
+        try:
+            return host_eval_rollout(
+                learner, state, env, obs_fn, action_fn, cfg.eval.max_steps, cfg.run.seed + 10_000
+            )
+        finally:
+            env.close()
+
+    return EnvBundle(action_dim, example, make_engine, evaluate, dt, track)
+
+
+def host_eval_rollout(
+    learner: ppo.Learner,
+    state: ppo.TrainState,
+    env: Any,
+    obs_fn: Callable,
+    action_fn: Callable,
+    max_steps: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Deterministic episodes on a vector env, recorded time-major [T, E] up to every env's first episode end."""
+    act = jax.jit(learner.act_deterministic)
+    obs, _ = env.reset(seed=seed)
+    n = env.num_envs
+    ended = np.zeros(n, bool)
+    rec: dict[str, list] = {"reward": [], "done": [], "pose": [], **{k: [] for k in RACING_INFO}}
+    for _ in range(max_steps):
+        action = np.asarray(act(state, obs_fn(obs)))
+        obs, reward, terminated, truncated, info = env.step(action_fn(action))
+        done = np.logical_or(terminated, truncated)
+        rec["reward"].append(np.asarray(reward, np.float64))
+        rec["done"].append(done)
+        for k in RACING_INFO:
+            rec[k].append(ppo.info_at_end(info, k, done))
+        pose = info.get("pose")
+        rec["pose"].append(
+            np.asarray(pose, np.float64)[:, [0, 1, 5]] if pose is not None else np.full((n, 3), np.nan)
+        )
+        ended |= done
+        if ended.all():
+            break
+    return {k: np.stack(v) for k, v in rec.items()}
+
+
+def racing_env(cfg: RLConfig, reset_mode: str | None = None) -> tuple[ppo.JaxEnv, Any]:
+    """The pure-JAX racing env as the engine sees it: functional reset/step bound to its params, observations
+    mapped to Contract 1 inside jit (radar/IR zeros with valid = False)."""
+    e = cfg.env
+    params = jax_racecar.make_params(
+        e.track or "default",
+        lidar_rays=e.lidar_rays,
+        camera=e.camera,
+        time_limit=e.time_limit,
+        signed_progress=e.signed_progress,
+        collision_reward=e.collision_reward,
+        terminate_on_collision=e.terminate_on_collision,
+        reset_mode=reset_mode or e.reset_mode,
+    )
+    spec = gym_wrapper.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
+    grid = transforms.BevGrid()
+
+    def obs_fn(env_obs: dict) -> dict:
+        sample, valid = gym_wrapper.contract_obs_jax(env_obs, cfg.model.modalities, grid, spec)
+        sample = {k: v for k, v in sample.items() if k != "timestamp"}
+        return {**sample, "valid": valid}
+
+    env = ppo.JaxEnv(
+        reset=lambda key: jax_racecar.reset(key, params),
+        step=lambda key, state, action: jax_racecar.step(key, state, action, params),
+        obs_fn=obs_fn,
+        episode_info=RACING_INFO,
+    )
+    return env, params
+
+
+def jax_bundle(cfg: RLConfig) -> EnvBundle:
+    """The pure-JAX racing env: jitted engine and a jitted, vmapped evaluation rollout from the start line."""
+    env, params = racing_env(cfg)
+    eval_env, _ = racing_env(cfg, reset_mode="grid")
+    example = jax.jit(lambda k: env.obs_fn(env.reset(k)[0]))(jax.random.PRNGKey(0))
+    track = get_track(cfg.env.track or "default")
+
+    def make_engine(learner: ppo.Learner) -> ppo.JaxEngine:
+        return ppo.JaxEngine(learner, env, cfg.env.num_envs)
+
+    compiled: dict[tuple[int, int], Callable] = {}  # one compilation per learner and episode count
+
+    def evaluate(learner: ppo.Learner, state: ppo.TrainState, episodes: int) -> dict[str, np.ndarray]:
+        key = (id(learner), episodes)
+        if key not in compiled:
+            compiled[key] = jax.jit(
+                lambda s, k: jax_eval_rollout(learner, eval_env, s, k, episodes, cfg.eval.max_steps)
+            )
+        return jax.tree.map(np.asarray, compiled[key](state, jax.random.PRNGKey(cfg.run.seed + 10_000)))
+
+    return EnvBundle(2, example, make_engine, evaluate, float(params.control_dt), track)
+
+
+def jax_eval_rollout(
+    learner: ppo.Learner,
+    env: ppo.JaxEnv,
+    state: ppo.TrainState,
+    key: jax.Array,
+    episodes: int,
+    max_steps: int,
+) -> dict[str, jax.Array]:
+    """Deterministic episodes without auto-reset, recorded [T, E] (steps after an episode's end are ignored)."""
+    keys = jax.random.split(key, episodes + 1)
+    obs, env_state = jax.vmap(env.reset)(keys[1:])
+
+    def step(carry: tuple, k: jax.Array) -> tuple[tuple, dict]:
+        obs, env_state = carry
+        action = learner.act_deterministic(state, jax.vmap(env.obs_fn)(obs))
+        obs, env_state, reward, terminated, truncated, info = jax.vmap(env.step)(
+            jax.random.split(k, episodes), env_state, action
+        )
+        rec = {"reward": reward, "done": terminated | truncated}
+        if isinstance(obs, dict) and "pose" in obs:
+            rec["pose"] = obs["pose"][:, jnp.array([0, 1, 5])]
+        rec.update({name: info[name] for name in env.episode_info})
+        return (obs, env_state), rec
+
+    _, rec = jax.lax.scan(step, (obs, env_state), jax.random.split(keys[0], max_steps))
+    return rec
+
+
+def summarize_eval(rec: dict[str, np.ndarray], control_dt: float) -> dict[str, Any]:
+    """Per-episode figures from a [T, E] record: return, and for racing lap time, laps, progress, collisions."""
+    done = np.asarray(rec["done"], bool)
+    t_len, n = done.shape
+    ended = done.any(0)
+    last = np.where(ended, done.argmax(0), t_len - 1)  # index of each episode's final step
+    live = np.arange(t_len)[:, None] <= last[None, :]
+    out: dict[str, Any] = {"return": float((np.asarray(rec["reward"]) * live).sum(0).mean()), "episodes": n}
+    if control_dt > 0:
+        lap = np.asarray(rec["lap"], np.float64)
+        laps_done = np.where(live, lap - 1.0, 0.0).max(0)
+        first_lap = np.where(live & (lap >= 2.0), np.arange(t_len)[:, None], t_len).min(0)
+        collided = (np.asarray(rec["wall_collision"], bool) & live).any(0)
+        # laps + lap fraction at the episode's end (a start just behind the line counts from 0)
+        progress = np.maximum(np.asarray(rec["total_progress"], np.float64)[last, np.arange(n)], 0.0)
+        clean = (laps_done >= 1.0) & ~collided
+        out.update(
+            {
+                "laps": float(laps_done.mean()),
+                "progress": float(progress.mean()),
+                "collision_rate": float(collided.mean()),
+                "lap_completed_clean": float(clean.mean()),
+                "lap_time": float(((first_lap + 1) * control_dt)[laps_done >= 1.0].mean())
+                if (laps_done >= 1.0).any()
+                else float("nan"),
+            }
+        )
+    return out
+
+
+def make_bundle(cfg: RLConfig) -> EnvBundle:
+    return jax_bundle(cfg) if cfg.env.kind == "jax_racecar" else host_bundle(cfg)
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def num_iterations(cfg: RLConfig) -> int:
+    per_iteration = cfg.ppo.num_steps * cfg.env.num_envs
+    n = cfg.ppo.total_env_steps // per_iteration
+    if n < 1:
+        raise config.ConfigError(
+            f"ppo.total_env_steps={cfg.ppo.total_env_steps} is less than one iteration "
+            f"(ppo.num_steps * env.num_envs = {per_iteration})"
+        )
+    if (cfg.ppo.num_steps * cfg.env.num_envs) % cfg.ppo.num_minibatches:
+        raise config.ConfigError(
+            f"ppo.num_minibatches={cfg.ppo.num_minibatches} does not divide the batch of {per_iteration}"
+        )
+    return n
+
+
+@dataclasses.dataclass
+class Setup:
+    cfg: RLConfig
+    bundle: EnvBundle
+    learner: ppo.Learner
+    params: Any
+    iterations: int
+
+
+def setup(cfg: RLConfig, bundle: EnvBundle | None = None) -> Setup:
+    """Env, agent (optionally with pretrained, frozen encoders) and learner for `cfg`."""
+    bundle = bundle or make_bundle(cfg)
+    iterations = num_iterations(cfg)
+    agent = build_agent(cfg, bundle.obs_example, bundle.action_dim, rngs=nnx.Rngs(cfg.run.seed))
+    frozen = UNUSED_PREFIXES if cfg.ppo.agent == "raceformer" else ()
+    if cfg.finetune.pretrained_ckpt:
+        load_pretrained(agent, cfg.finetune.pretrained_ckpt)
+    if cfg.finetune.freeze_encoders:
+        if cfg.ppo.agent != "raceformer":
+            raise config.ConfigError("finetune.freeze_encoders = true needs ppo.agent = 'raceformer'")
+        frozen = frozen + FROZEN_PREFIXES
+    updates = iterations * cfg.ppo.update_epochs * cfg.ppo.num_minibatches
+    learner, params = ppo.Learner.create(agent, cfg.ppo, updates, frozen)
+    return Setup(cfg, bundle, learner, params, iterations)
+
+
+def run_dir(cfg: RLConfig) -> Path:
+    return Path(cfg.run.out_dir) / cfg.run.name
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass
+class TrainResult:
+    learner: ppo.Learner
+    state: ppo.TrainState
+    carry: Any  # the engine carry (Runner for the JAX engine, TrainState for the host engine)
+    run_dir: Path
+    history: list[dict[str, float]]
+    wall_s: float
+
+
+def _state_of(carry: Any) -> ppo.TrainState:
+    return carry.train if isinstance(carry, ppo.Runner) else carry
+
+
+def train(
+    cfg: RLConfig,
+    *,
+    resume: bool | None = None,
+    stop_after: int | None = None,
+    bundle: EnvBundle | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or continue) the run `cfg` names; `stop_after` ends early after that many iterations in total.
+
+    `resume` (default `run.resume`) continues from the latest checkpoint; `bundle` replaces the env that
+    `cfg.env` names (tests bring their own small JAX envs).
+    """
+    t0 = time.perf_counter()
+    s = setup(cfg, bundle)
+    out = run_dir(cfg)
+    engine = s.bundle.make_engine(s.learner)
+    state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(cfg.run.seed))
+    jax_engine = isinstance(engine, ppo.JaxEngine)
+    carry: Any = engine.init(state, jax.random.PRNGKey(cfg.run.seed + 1)) if jax_engine else state
+    ckpt = Checkpointer(
+        out / "ckpt", save_every=max(cfg.ppo.checkpoint_every, 1), keep=cfg.ppo.keep_checkpoints
+    )
+    start = 0
+    resume = cfg.run.resume if resume is None else resume
+    if not resume and ckpt.all_steps():
+        ckpt.close()
+        raise FileExistsError(
+            f"{ckpt.directory} already holds checkpoints {ckpt.all_steps()}; starting afresh would mix two runs: "
+            "choose another run.name or remove that directory"
+        )
+    config.save(cfg, out / "config.toml")
+    latest = ckpt.latest_step() if resume else None
+    if latest is not None:
+        carry, meta = ckpt.restore(latest, carry)
+        carry = engine.shard(carry) if jax_engine else carry
+        start = int(meta.get("iteration", latest))
+    if not jax_engine:
+        engine.reset(cfg.run.seed + start)
+    end = s.iterations if stop_after is None else min(stop_after, s.iterations)
+    logger = MetricLogger(out, total_steps=s.iterations, progress=progress, initial_step=start)
+    if latest is not None:
+        logger.write(f"resumed {out} at iteration {start}")
+    history: list[dict[str, float]] = []
+    try:
+        for it in range(start, end):
+            carry, metrics = engine.run_iteration(carry)
+            state = _state_of(carry)
+            metrics["env_steps"] = float(state.env_steps)
+            if cfg.eval.every and ((it + 1) % cfg.eval.every == 0 or it + 1 == s.iterations):
+                figures = summarize_eval(
+                    s.bundle.evaluate(s.learner, state, cfg.eval.episodes), s.bundle.control_dt
+                )
+                metrics.update({f"eval/{k}": float(v) for k, v in figures.items()})
+            if (it + 1) % cfg.ppo.log_every == 0 or it + 1 == end:
+                logger.log(it + 1, metrics)
+            history.append({"iteration": it + 1, **metrics})
+            if cfg.ppo.checkpoint_every and (it + 1) % cfg.ppo.checkpoint_every == 0 or it + 1 == end:
+                ckpt.save(
+                    it + 1, carry, meta={"iteration": it + 1, "env_steps": int(state.env_steps)}, force=True
+                )
+            if "eval/return" in metrics:
+                shown = {k[5:]: round(v, 3) for k, v in metrics.items() if k.startswith("eval/")}
+                logger.write(f"iteration {it + 1} ({int(state.env_steps)} env steps): eval {shown}")
+        ckpt.wait()
+    finally:
+        logger.close()
+        ckpt.close()
+        if not jax_engine:
+            engine.close()
+    wall = time.perf_counter() - t0
+    plot_learning_curve(out / "metrics.jsonl", out / "learning_curve.png", cfg.run.name)
+    return TrainResult(s.learner, _state_of(carry), carry, out, history, wall)
+
+
+# --------------------------------------------------------------------------------------------- plots and GIF
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_learning_curve(metrics_path: Path, png: Path, title: str) -> Path | None:
+    """Training episodic return and deterministic evaluation return against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [
+        (r["env_steps"], r["episode/return"]) for r in rows if "episode/return" in r and "env_steps" in r
+    ]
+    evals = [(r["env_steps"], r["eval/return"]) for r in rows if "eval/return" in r and "env_steps" in r]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="training episodes (stochastic)", alpha=0.7)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="evaluation (policy mean)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episodic return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def write_gif(path: Path, walls: np.ndarray, poses: np.ndarray, frame_every: int, size: int = 320) -> Path:
+    """Top-down GIF: wall segments [S, 2, 2] (m), the car's trail and a triangle at its pose (x, y, yaw) [T, 3]."""
+    from PIL import Image, ImageDraw
+
+    pts = np.concatenate([walls.reshape(-1, 2), poses[:, :2]])
+    lo, hi = pts.min(0) - 1.0, pts.max(0) + 1.0
+    scale = (size - 1) / float((hi - lo).max())
+
+    def px(xy: np.ndarray) -> list[tuple[float, float]]:
+        p = (np.asarray(xy).reshape(-1, 2) - lo) * scale
+        return [(float(a), float(size - 1 - b)) for a, b in p]
+
+    base = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(base)
+    for seg in walls:
+        draw.line(px(seg), fill=(40, 40, 40), width=2)
+    frames = []
+    car = np.array([[0.5, 0.0], [-0.3, 0.25], [-0.3, -0.25]])
+    for t in range(0, len(poses), max(frame_every, 1)):
+        im = base.copy()
+        d = ImageDraw.Draw(im)
+        if t > 0:
+            d.line(px(poses[: t + 1, :2]), fill=(30, 120, 220), width=2)
+        x, y, yaw = poses[t]
+        rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        d.polygon(px(car @ rot.T + np.array([x, y])), fill=(220, 40, 40))
+        frames.append(im)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=60, loop=0)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- eval mode
+
+
+def evaluate_checkpoint(cfg: RLConfig, step: int | None = None, gif: bool | None = None) -> dict[str, Any]:
+    """Restore a run's checkpoint, drive `eval.episodes` deterministic episodes, report (and GIF) them."""
+    s = setup(cfg)
+    out = run_dir(cfg)
+    engine = s.bundle.make_engine(s.learner)
+    state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(cfg.run.seed))
+    template: Any = (
+        engine.init(state, jax.random.PRNGKey(cfg.run.seed + 1))
+        if isinstance(engine, ppo.JaxEngine)
+        else state
+    )
+    ckpt = Checkpointer(out / "ckpt", save_every=1, keep=cfg.ppo.keep_checkpoints)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{out / 'ckpt'}: no checkpoint to evaluate (train first)")
+    restored, _ = ckpt.restore(step, template)
+    ckpt.close()
+    state = _state_of(restored)
+    rec = s.bundle.evaluate(s.learner, state, cfg.eval.episodes)
+    figures = summarize_eval(rec, s.bundle.control_dt)
+    figures["checkpoint"] = int(step)
+    if (cfg.eval.gif if gif is None else gif) and s.bundle.track is not None:
+        done = np.asarray(rec["done"], bool)[:, 0]
+        last = int(done.argmax()) if done.any() else len(done) - 1
+        walls = np.asarray(s.bundle.track.walls(), np.float64)
+        figures["gif"] = str(
+            write_gif(
+                out / "eval.gif", walls, np.asarray(rec["pose"])[: last + 1, 0], cfg.eval.gif_frame_every
+            )
+        )
+    (out / "eval.json").write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def evaluate_gymnasium(
+    cfg: RLConfig, learner: ppo.Learner, state: ppo.TrainState, episodes: int
+) -> dict[str, Any]:
+    """Deterministic figures of a trained state on the configured env (the Pendulum validation)."""
+    return summarize_eval(make_bundle(cfg).evaluate(learner, state, episodes), 0.0)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    config.add_config_args(parser)
+    parser.add_argument(
+        "--eval", action="store_true", help="evaluate the latest checkpoint instead of training"
+    )
+    parser.add_argument(
+        "--step", type=int, default=None, help="with --eval: the checkpoint step (default latest)"
+    )
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start from scratch even if checkpoints exist"
+    )
+    args = parser.parse_args(argv)
+    cfg = config.load_from_args(RLConfig, args)
+    if args.eval:
+        figures = evaluate_checkpoint(cfg, args.step)
+        print(json.dumps(figures, indent=2))
+        return 0
+    result = train(cfg, resume=False if args.no_resume else None)
+    returns = [h["episode/return"] for h in result.history if "episode/return" in h]
+    evals = [h for h in result.history if "eval/return" in h]
+    print(
+        f"done: {len(result.history)} iterations in {result.wall_s:.0f} s; "
+        f"last episodic return {returns[-1] if returns else float('nan'):.2f}; "
+        f"last eval {({k[5:]: round(v, 3) for k, v in evals[-1].items() if k.startswith('eval/')}) if evals else '-'}; "
+        f"run dir {result.run_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The tiny train step on 8 fake CPU devices, run as a script by `test_sharding` (XLA_FLAGS must be set before
+JAX starts): three steps on one device and on a data x fsdp = 4 x 2 mesh with FSDP parameters, same batches.
+Prints one JSON line: both loss sequences and how many parameters the FSDP layout actually split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+
+from src import config  # noqa: E402
+from src.training import pretrainer, sharding  # noqa: E402
+from tests._pretrain_fakes import tiny_config, tiny_data_fn  # noqa: E402
+
+
+def losses(cfg, devices) -> tuple[list[float], int]:
+    s = pretrainer.setup(cfg, sharding.make_mesh(cfg.mesh, devices))
+    it = tiny_data_fn()(cfg, batch_size=cfg.training.batch_size, shard_index=0, shard_count=1)
+    state, out = s.state, []
+    for _ in range(3):
+        batch = sharding.shard_batch(pretrainer.model_inputs(next(it), s.model.modalities), s.mesh)
+        state, metrics = s.step_fn(state, batch)
+        out.append(float(metrics["loss"]))
+    split = sum(any(a is not None for a in x.sharding.spec) for x in jax.tree.leaves(state["model"]))
+    return out, split
+
+
+def main() -> None:
+    assert jax.device_count() == 8, jax.devices()
+    base = tiny_config(Path(sys.argv[1]), modalities=("lidar", "gps"))
+    one, _ = losses(config.replace(base, mesh={"data": 1, "fsdp": 1}), jax.devices()[:1])
+    eight, split = losses(config.replace(base, mesh={"data": 4, "fsdp": 2, "param_sharding": "fsdp"}), jax.devices())
+    print(json.dumps({"one": one, "eight": eight, "fsdp_split_params": split}))
+
+
+if __name__ == "__main__":
+    main()

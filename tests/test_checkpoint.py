@@ -1,0 +1,135 @@
+"""Checkpointer (state, RNG key, Grain iterator, retention), encoder export/import, freeze mask, MetricLogger."""
+
+from __future__ import annotations
+
+import json
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from src.training.checkpoint import Checkpointer, export_encoder, freeze_mask, import_encoder
+from src.training.logging import MetricLogger
+
+
+class Small(nnx.Module):
+    """The parts of a Raceformer that export cares about: `encoders` (a dict), `fusion`, and a head."""
+
+    def __init__(self, width: int, seed: int):
+        rngs = nnx.Rngs(seed)
+        self.encoders = nnx.Dict({"lidar": nnx.Linear(3, width, rngs=rngs), "gps": nnx.Linear(2, width, rngs=rngs)})
+        self.fusion = nnx.Linear(width, 4, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+
+
+def _iterator():
+    return iter(grain.MapDataset.range(40).shuffle(seed=3).batch(4).to_iter_dataset())
+
+
+def _state(model, optimizer, seed):
+    return {"model": nnx.state(model), "optimizer": nnx.state(optimizer), "rng": jax.random.key(seed),
+            "step": jnp.int32(seed)}
+
+
+def test_save_restore_round_trip_with_iterator_and_key(tmp_path):
+    model = Small(4, 0)
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    optimizer.update(model, grads)
+    it = _iterator()
+    next(it), next(it)
+    ckpt = Checkpointer(tmp_path / "ckpt", save_every=1, keep=2)
+    assert ckpt.save(5, _state(model, optimizer, 7), data_iter=it, meta={"step": 5, "note": "x"})
+    expected_next = next(it)
+
+    other = Small(4, 1)
+    other_opt = nnx.Optimizer(other, optax.adam(1e-2), wrt=nnx.Param)
+    it2 = _iterator()
+    state, meta = ckpt.restore(5, _state(other, other_opt, 0), data_iter=it2)
+    assert meta == {"step": 5, "note": "x"}
+    np.testing.assert_array_equal(next(it2), expected_next)
+    assert jax.dtypes.issubdtype(state["rng"].dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(state["rng"]), jax.random.key_data(jax.random.key(7)))
+    assert int(state["step"]) == 7
+    nnx.update(other, state["model"])
+    nnx.update(other_opt, state["optimizer"])
+    np.testing.assert_array_equal(other.head.kernel[...], model.head.kernel[...])
+    assert int(other_opt.step[...]) == 1
+    mu = jax.tree.leaves(nnx.state(other_opt))
+    assert any(np.abs(np.asarray(x)).sum() > 0 for x in mu if np.asarray(x).ndim == 2)
+    ckpt.close()
+
+
+def test_interval_retention_and_errors(tmp_path):
+    model = Small(4, 0)
+    ckpt = Checkpointer(tmp_path / "ckpt", save_every=2, keep=2)
+    saved = [ckpt.save(s, {"w": nnx.state(model)}) for s in range(1, 8)]
+    assert saved == [False, True, False, True, False, True, False]
+    assert ckpt.save(7, {"w": nnx.state(model)}, force=True)
+    assert ckpt.all_steps() == [6, 7] and ckpt.latest_step() == 7
+    with pytest.raises(FileNotFoundError, match="no checkpoint for step 2"):
+        ckpt.restore(2, {"w": nnx.state(model)})
+    with pytest.raises(ValueError, match="no data-iterator state"):
+        ckpt.restore(7, {"w": nnx.state(model)}, data_iter=_iterator())
+    ckpt.close()
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Checkpointer(tmp_path / "bad", save_every=0, keep=1)
+
+
+def test_export_import_strict_and_lenient(tmp_path):
+    source = Small(4, 0)
+    export_encoder(source, tmp_path / "enc")
+    target = Small(4, 9)
+    head_before = np.asarray(target.head.kernel[...])
+    assert import_encoder(target, tmp_path / "enc") == []
+    np.testing.assert_array_equal(target.encoders["lidar"].kernel[...], source.encoders["lidar"].kernel[...])
+    np.testing.assert_array_equal(target.fusion.bias[...], source.fusion.bias[...])
+    np.testing.assert_array_equal(target.head.kernel[...], head_before)  # heads are not part of the export
+
+    wide = Small(6, 0)
+    with pytest.raises(ValueError) as err:
+        import_encoder(wide, tmp_path / "enc")
+    message = str(err.value)
+    for line in ("encoders/lidar/kernel: model (3, 6), checkpoint (3, 4)",
+                 "encoders/gps/bias: model (6,), checkpoint (4,)",
+                 "fusion/kernel: model (6, 4), checkpoint (4, 4)"):
+        assert line in message
+    assert "fusion/bias" not in message  # (4,) on both sides
+    skipped = import_encoder(wide, tmp_path / "enc", strict=False)
+    assert "fusion/kernel" in skipped and "fusion/bias" not in skipped
+    np.testing.assert_array_equal(wide.fusion.bias[...], source.fusion.bias[...])
+    with pytest.raises(FileNotFoundError):
+        import_encoder(wide, tmp_path / "nothing")
+
+
+def test_freeze_mask_marks_encoders_and_fusion():
+    mask = nnx.to_flat_state(freeze_mask(Small(4, 0)))
+    marked = {"/".join(map(str, p)): bool(v.get_value()) for p, v in mask}
+    assert marked == {
+        "encoders/gps/bias": True, "encoders/gps/kernel": True, "encoders/lidar/bias": True,
+        "encoders/lidar/kernel": True, "fusion/bias": True, "fusion/kernel": True,
+        "head/bias": False, "head/kernel": False,
+    }
+
+
+def test_metric_logger_averages_between_logs(tmp_path):
+    logger = MetricLogger(tmp_path, total_steps=4, progress=False)
+    logger.update({"loss": jnp.float32(1.0)})
+    logger.update({"loss": 3.0, "lr": 0.5})
+    assert logger.log(2) == {"loss": 2.0, "lr": 0.5}
+    logger.update({"loss": 5.0})
+    assert logger.log(4, {"loss": 7.0}) == {"loss": 6.0}
+    logger.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(2, 2.0), (4, 6.0)]
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+    quiet = MetricLogger(tmp_path / "other", total_steps=4, enabled=False)
+    quiet.update({"loss": 1.0})
+    assert quiet.log(1) == {}
+    quiet.close()
+    assert not (tmp_path / "other").exists()

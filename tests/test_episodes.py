@@ -1,0 +1,213 @@
+"""Episode schema, path safety, the validate CLI and the Grain sources, on hand-written episodes and PNGs."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from src.config import ModalityConfig
+from src.data import episodes as E
+from src.data import transforms
+
+MODALITIES = {
+    "rgb": ModalityConfig(shape=(8, 8, 3)),
+    "gps": ModalityConfig(shape=(4,)),
+    "imu": ModalityConfig((6,)),
+}
+CAMS = ("front", "left")
+# Frames with a dropped image: (episode, camera) -> frame indices without an image.
+DROPPED = {(0, "left"): (1, 3), (1, "front"): (2,)}
+
+
+def _colour(e: int, cam: str, t: int) -> np.ndarray:
+    """A constant 8x8 frame whose colour encodes (episode, camera, frame)."""
+    return np.full((8, 8, 3), (40 * e + 10, 100 if cam == "front" else 200, 20 * t), np.uint8)
+
+
+def _write_set(root: Path, lengths=(5, 4)) -> Path:
+    for e, length in enumerate(lengths):
+        d = root / f"ep{e}"
+        frames = []
+        for t in range(length):
+            images = {}
+            for cam in CAMS:
+                if t in DROPPED.get((e, cam), ()):
+                    continue
+                rel = f"{cam}/{t:04d}.png"
+                (d / cam).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(_colour(e, cam, t)).save(d / rel)
+                images[cam] = {"image_path": rel}
+            ego = {"pose": [float(t), 2.0 * e, 0.1 * t], "velocity": [3.0, 4.0, 0.5]}
+            if t % 2 == 0:
+                ego["acceleration"] = [1.0, -1.0, 0.0]
+            frames.append({"timestamp": 0.1 * t, "images": images, "ego": ego, "action": [0.5, -0.1]})
+        doc = {"episode_id": f"ep{e}", "source": "test", "cameras": list(CAMS), "frames": frames}
+        (d / "episode.json").write_text(json.dumps(doc))
+    return root
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    return _write_set(tmp_path / "set")
+
+
+def _edit(path: Path, fn) -> None:
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_valid_set_and_frame_counts(dataset):
+    report = E.validate_dir(dataset)
+    assert report.ok, report.problems
+    assert (report.episodes, report.frames) == (2, 9)
+    assert report.frames_by_camera == {"front": 5 + 3, "left": 3 + 4}
+
+
+def test_schema_error_names_file_and_json_path(dataset):
+    bad = dataset / "ep1" / "episode.json"
+    _edit(bad, lambda d: d["frames"][3]["ego"].update(pose=[1.0, 2.0]))
+    with pytest.raises(E.EpisodeError) as err:
+        E.load_episode(bad, dataset)
+    (problem,) = err.value.problems
+    assert problem.file == str(bad) and problem.json_path == "$.frames[3].ego.pose"
+    assert str(bad) in str(err.value) and "$.frames[3].ego.pose" in str(err.value)
+
+
+def test_validate_cli_reports_every_problem(dataset, capsys):
+    _edit(dataset / "ep0" / "episode.json", lambda d: d["frames"][0].pop("action"))
+    _edit(
+        dataset / "ep1" / "episode.json",
+        lambda d: d["frames"][1]["images"].update(rear={"image_path": "x.png"}),
+    )
+    _edit(dataset / "ep1" / "episode.json", lambda d: d["frames"][2].update(timestamp=0.05))
+    assert E.main(["validate", str(dataset), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    found = {(Path(p["file"]).parent.name, p["json_path"]) for p in out["problems"]}
+    assert found == {
+        ("ep0", "$.frames[0]"),
+        ("ep1", "$.frames[1].images.rear"),
+        ("ep1", "$.frames[2].timestamp"),
+    }
+    assert out["ok"] is False and out["frames_by_camera"]["front"] == 8
+
+
+def test_escaping_image_paths_are_rejected(dataset, tmp_path):
+    outside = tmp_path / "outside.png"
+    Image.fromarray(_colour(0, "front", 0)).save(outside)
+    os.symlink(outside, dataset / "ep0" / "front" / "link.png")
+    ep = dataset / "ep0" / "episode.json"
+    for rel, reason in [
+        ("../../outside.png", "escapes"),
+        (str(outside), "absolute"),
+        ("front/link.png", "escapes"),
+    ]:
+        _edit(ep, lambda d, rel=rel: d["frames"][0]["images"]["front"].update(image_path=rel))
+        with pytest.raises(E.EpisodeError) as err:
+            E.load_episode(ep, dataset)
+        assert err.value.problems[0].json_path == "$.frames[0].images.front.image_path"
+        assert reason in err.value.problems[0].reason
+    # `..` that stays inside the root is an ordinary relative path.
+    _edit(ep, lambda d: d["frames"][0]["images"]["front"].update(image_path="../ep1/front/0000.png"))
+    assert E.load_episode(ep, dataset).image_paths["front"][0] == (dataset / "ep1/front/0000.png").resolve()
+
+
+def test_frame_source_images_masks_and_ego(dataset):
+    eps, skipped = E.load_episodes(dataset)
+    assert not skipped
+    src = E.EpisodeFrameSource(eps, CAMS, MODALITIES)
+    assert len(src) == 9
+    s = src[5 + 2]  # episode 1, frame 2: front dropped
+    assert (int(s["episode"]), int(s["frame"])) == (1, 2)
+    assert not s["image_valid_by_cam"]["front"] and s["image_valid_by_cam"]["left"]
+    assert np.all(s["images_by_cam"]["front"] == 0) and not s["valid"]["rgb"] and np.all(s["rgb"] == 0)
+    expected_left = transforms.normalize_image(_colour(1, "left", 2))
+    np.testing.assert_allclose(s["images_by_cam"]["left"], expected_left, atol=1e-6)
+    np.testing.assert_allclose(s["gps"], [2.0, 2.0, 0.2, 5.0], atol=1e-6)  # x, y, yaw, |(3, 4)|
+    np.testing.assert_allclose(s["imu"], [0, 0, 0.5, 1.0, -1.0, 0.0])
+    assert s["valid"]["imu"] and not src[5 + 1]["valid"]["imu"]  # odd frames have no acceleration
+    s0 = src[0]
+    np.testing.assert_allclose(s0["rgb"], transforms.normalize_image(_colour(0, "front", 0)), atol=1e-6)
+
+
+def test_temporal_pairs_never_cross_episodes(dataset):
+    eps, _ = E.load_episodes(dataset)
+    pairs = E.TemporalPairSource(E.EpisodeFrameSource(eps, CAMS, MODALITIES), dt_range=(1, 3), seed=1)
+    assert len(pairs) == (5 - 1) + (4 - 1)
+    dts = []
+    for i in range(4 * len(pairs)):  # several epochs: the dt stream differs per global index
+        p = pairs[i]
+        assert int(p["episode"]) == int(p["t1"]["episode"])
+        dt = int(p["t1"]["frame"]) - int(p["frame"])
+        assert dt == int(p["dt"]) and 1 <= dt <= 3
+        assert int(p["t1"]["frame"]) < len(eps[int(p["episode"])])
+        dts.append(dt)
+    assert set(dts) == {1, 2, 3}
+    fixed = E.TemporalPairSource(pairs.frames, dt_range=(2, 2))
+    assert len(fixed) == 3 + 2 and all(int(fixed[i]["dt"]) == 2 for i in range(len(fixed)))
+
+
+def test_pipeline_batches_stack_images_and_masks(dataset):
+    eps, _ = E.load_episodes(dataset)
+    frames = E.EpisodeFrameSource(eps, CAMS, MODALITIES, rgb_camera="left")
+    it = iter(E.to_iter(E.build_dataset(frames, batch_size=9, shuffle=False, num_epochs=1)))
+    batch = next(it)
+    assert batch["images_by_cam"]["front"].shape == (9, 8, 8, 3) and batch["rgb"].shape == (9, 8, 8, 3)
+    np.testing.assert_array_equal(batch["image_valid_by_cam"]["left"], [1, 0, 1, 0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(batch["valid"]["rgb"], batch["image_valid_by_cam"]["left"])
+    pairs = E.TemporalPairSource(frames, dt_range=(1, 2))
+    pb = next(iter(E.to_iter(E.build_dataset(pairs, batch_size=4, seed=3))))
+    assert pb["images_by_cam"]["left"].shape == (4, 8, 8, 3) and pb["dt"].shape == (4,)
+    np.testing.assert_array_equal(pb["episode"], pb["t1"]["episode"])
+
+
+def test_recorder_writes_episodes_that_validate(tmp_path):
+    spec = E.RecordSpec(episodes=2, frames=6, size=(16, 16), drop_prob=0.3, seed=3, frame_every=1)
+    paths = E.record_episodes(tmp_path / "rec", spec)
+    assert [p.parent.name for p in paths] == ["ep_000", "ep_001"]
+    report = E.validate_dir(tmp_path / "rec")
+    assert report.ok, report.problems
+    assert report.frames == 12 and set(report.frames_by_camera) == set(E.DEFAULT_CAMERAS)
+    for cam, n in report.frames_by_camera.items():
+        assert n == len(list((tmp_path / "rec").glob(f"ep_*/{cam}/*.png")))
+    assert (
+        sum(report.frames_by_camera.values()) < 36
+    )  # with drop_prob 0.3 some of the 36 camera frames are gone
+    eps, _ = E.load_episodes(tmp_path / "rec")
+    np.testing.assert_allclose(np.diff(eps[0].timestamps), 0.04, rtol=1e-4)  # control_dt = 0.01 s * 4
+    assert eps[0].imu_valid.all() and (eps[0].velocity[1:, 0] > 0).all()  # the driver moves forward
+    # The three cameras look in different directions: their images differ where all three exist.
+    t = next(i for i in range(6) if all(eps[0].image_paths[c][i] for c in E.DEFAULT_CAMERAS))
+    views = [np.asarray(Image.open(eps[0].image_paths[c][t])) for c in E.DEFAULT_CAMERAS]
+    assert views[0].shape == (16, 16, 3) and views[0].std() > 0
+    assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[1], views[2])
+
+
+def test_pretrainer_reads_episode_pairs_and_resumes(dataset):
+    from src import config
+    from src.config import PretrainConfig
+    from src.training import pretrainer
+
+    cfg = config.replace(
+        PretrainConfig(),
+        data={"source": "episodes", "root": str(dataset), "episode_cameras": CAMS, "episode_dt": (1, 2)},
+        model={"modalities": MODALITIES},
+    )
+    it = pretrainer.build_data(cfg, batch_size=4, shard_index=0, shard_count=1)
+    state = it.get_state()
+    batch = pretrainer.model_inputs(next(it), ("rgb", "gps", "imu"))
+    assert set(batch) == {"rgb", "gps", "imu", "valid", "images_by_cam", "image_valid_by_cam", "t1"}
+    assert batch["t1"]["images_by_cam"]["left"].shape == (4, 8, 8, 3) and batch["t1"]["valid"][
+        "rgb"
+    ].shape == (4,)
+    it.set_state(state)  # a resumed run sees the same batch again
+    again = pretrainer.model_inputs(next(it), ("rgb", "gps", "imu"))
+    np.testing.assert_array_equal(
+        again["t1"]["images_by_cam"]["front"], batch["t1"]["images_by_cam"]["front"]
+    )
+    missing = config.replace(cfg, data={"root": str(dataset / "nope")})
+    with pytest.raises(FileNotFoundError, match="record_if_missing"):
+        pretrainer.build_data(missing, batch_size=4, shard_index=0, shard_count=1)

@@ -1,0 +1,236 @@
+"""PPO runs: frozen encoders, exact resume, pretrained-checkpoint mismatches, evaluation figures, the GIF."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from src import config
+from src.config import ModalityConfig, ModelConfig, PPOConfig, RLConfig
+from src.training import ppo, rl_agent
+from src.training.agent import FROZEN_PREFIXES, RaceformerAgent, load_pretrained
+from src.training.checkpoint import export_encoder
+from tests.test_ppo import point_env
+
+TINY_MODEL = ModelConfig(
+    embed_dim=16,
+    depth=1,
+    num_heads=2,
+    patch_size=4,
+    fusion_depth=1,
+    decoder_dim=16,
+    decoder_heads=2,
+    projection_dim=16,
+    modalities={"lidar": ModalityConfig(shape=(16, 1)), "gps": ModalityConfig(shape=(4,))},
+)
+
+
+def _leaves_by_path(tree) -> dict[tuple[str, ...], np.ndarray]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {ppo.path_names(p): np.asarray(v) for p, v in flat}
+
+
+def _random_batch(n: int, key: int = 0) -> ppo.Batch:
+    rng = np.random.default_rng(key)
+    obs = {
+        "lidar": rng.uniform(0, 1, (n, 16, 1)).astype(np.float32),
+        "gps": rng.normal(size=(n, 4)).astype(np.float32),
+        "valid": {"lidar": np.ones(n, bool), "gps": np.ones(n, bool)},
+    }
+    return ppo.Batch(
+        obs=obs,
+        u=jnp.asarray(rng.normal(size=(n, 2)), jnp.float32),
+        logp=jnp.asarray(rng.normal(size=n) - 2.0, jnp.float32),
+        values=jnp.asarray(rng.normal(size=n), jnp.float32),
+        advantages=jnp.asarray(rng.normal(size=n), jnp.float32),
+        returns=jnp.asarray(rng.normal(size=n), jnp.float32),
+    )
+
+
+def test_frozen_encoders_are_bitwise_unchanged_while_heads_learn():
+    cfg = PPOConfig(num_minibatches=2, update_epochs=2, learning_rate=1e-2, agent="raceformer")
+    agent = RaceformerAgent(TINY_MODEL, rngs=nnx.Rngs(0))
+    learner, params = ppo.Learner.create(agent, cfg, 100, FROZEN_PREFIXES)
+    state = learner.init_state(
+        params, jax.tree.map(lambda x: x[0], _random_batch(1).obs), jax.random.PRNGKey(0)
+    )
+    before = _leaves_by_path(state.params)
+    update = jax.jit(learner.update)
+    for i in range(2):
+        state, metrics = update(state, _random_batch(16, key=i))
+    after = _leaves_by_path(state.params)
+    frozen = [p for p in before if any(p[: len(f)] == f for f in FROZEN_PREFIXES)]
+    heads = [p for p in before if p not in frozen and ("policy_head" in p or "value_head" in p)]
+    assert frozen and heads
+    for p in frozen:
+        assert np.array_equal(before[p], after[p]), f"frozen parameter {p} changed"
+    assert any(not np.array_equal(before[p], after[p]) for p in heads)
+    assert np.isfinite(metrics["loss/value"])
+
+
+def test_mismatched_pretrained_checkpoint_lists_paths_and_shapes(tmp_path):
+    src = RaceformerAgent(TINY_MODEL, rngs=nnx.Rngs(0))
+    export_encoder(src.model, tmp_path / "encoder")
+    changed = dataclasses.replace(
+        TINY_MODEL, modalities={**TINY_MODEL.modalities, "gps": ModalityConfig(shape=(5,))}
+    )
+    other = RaceformerAgent(changed, rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError) as err:
+        load_pretrained(other, tmp_path / "encoder")
+    message = str(err.value)
+    assert "gps" in message and "5" in message and "4" in message
+    # A matching checkpoint loads: encoders equal the exported ones.
+    same = RaceformerAgent(TINY_MODEL, rngs=nnx.Rngs(2))
+    load_pretrained(same, tmp_path / "encoder")
+    a, b = _leaves_by_path(nnx.state(src, nnx.Param)), _leaves_by_path(nnx.state(same, nnx.Param))
+    for p in a:
+        if any(p[: len(f)] == f for f in FROZEN_PREFIXES):
+            assert np.array_equal(a[p], b[p]), p
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+def _point_bundle(num_envs: int) -> rl_agent.EnvBundle:
+    env = point_env()
+
+    def evaluate(learner, state, episodes):
+        rec = jax.jit(lambda s, k: rl_agent.jax_eval_rollout(learner, env, s, k, episodes, 16))
+        return jax.tree.map(np.asarray, rec(state, jax.random.PRNGKey(5)))
+
+    return rl_agent.EnvBundle(
+        1, jnp.zeros(1), lambda learner: ppo.JaxEngine(learner, env, num_envs), evaluate
+    )
+
+
+def _point_cfg(tmp_path, name: str) -> RLConfig:
+    return config.from_dict(
+        RLConfig,
+        {
+            "run": {"name": name, "out_dir": str(tmp_path), "seed": 3},
+            "env": {"num_envs": 8},
+            "ppo": {
+                "agent": "mlp",
+                "mlp_hidden": [8],
+                "total_env_steps": 8 * 16 * 4,
+                "num_steps": 16,
+                "num_minibatches": 2,
+                "update_epochs": 2,
+                "norm_obs": True,
+                "norm_reward": True,
+                "checkpoint_every": 2,
+            },
+            "eval": {"every": 4, "episodes": 4},
+        },
+    )
+
+
+def test_resume_continues_identically(tmp_path):
+    full = rl_agent.train(_point_cfg(tmp_path, "full"), bundle=_point_bundle(8))
+    part = rl_agent.train(_point_cfg(tmp_path, "split"), bundle=_point_bundle(8), stop_after=2)
+    assert len(part.history) == 2
+    rest = rl_agent.train(_point_cfg(tmp_path, "split"), bundle=_point_bundle(8))
+    assert [h["iteration"] for h in rest.history] == [3, 4]
+    assert "eval/return" in rest.history[-1]
+    for a, b in zip(full.history[2:], rest.history):
+        learned = [k for k in a if k.startswith(("loss/", "episode/", "eval/", "value/"))]
+        assert len(learned) > 8
+        assert all(a[k] == b[k] for k in learned), [(k, a[k], b[k]) for k in learned if a[k] != b[k]]
+    fa, fb = _leaves_by_path(full.state), _leaves_by_path(rest.state)
+    for p in fa:
+        assert np.array_equal(fa[p], fb[p]), p
+    assert (full.run_dir / "learning_curve.png").is_file()
+    assert (full.run_dir / "metrics.jsonl").is_file()
+
+
+def test_summarize_eval_racing_figures():
+    """Two episodes, dt 0.5 s: the first completes its lap at step 2 (lap 1 -> 2) and ends at step 3 without
+    touching a wall; the second collides at step 1 and never finishes (progress 0.4 at the last step)."""
+    rec = {
+        "reward": np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [4.0, 1.0]]),
+        "done": np.array([[0, 0], [0, 0], [0, 0], [1, 0]], bool),
+        "lap": np.array([[1, 1], [1, 1], [2, 1], [2, 1]], float),
+        "total_progress": np.array([[0.5, 0.1], [0.9, 0.2], [1.0, 0.3], [1.0, 0.4]]),
+        "wall_collision": np.array([[0, 0], [0, 1], [0, 0], [1, 0]], bool),
+    }
+    out = rl_agent.summarize_eval(rec, control_dt=0.5)
+    assert out["return"] == pytest.approx((10.0 + 4.0) / 2)
+    assert out["laps"] == pytest.approx(0.5)
+    assert out["lap_time"] == pytest.approx(1.5)  # step index 2 -> 3 steps x 0.5 s
+    assert out["collision_rate"] == pytest.approx(1.0)  # episode 0 hits a wall on its final step
+    assert out["lap_completed_clean"] == pytest.approx(0.0)
+    assert out["progress"] == pytest.approx((1.0 + 0.4) / 2)
+
+
+def test_gif_draws_walls_and_car(tmp_path):
+    walls = np.array([[[0.0, 0.0], [10.0, 0.0]], [[0.0, 4.0], [10.0, 4.0]]])
+    poses = np.stack([np.linspace(1, 9, 12), np.full(12, 2.0), np.zeros(12)], 1)
+    path = rl_agent.write_gif(tmp_path / "a.gif", walls, poses, frame_every=3, size=64)
+    im = Image.open(path)
+    assert im.n_frames == 4
+    im.seek(3)
+    rgb = np.asarray(im.convert("RGB")).astype(int).reshape(-1, 3)
+    assert ((rgb[:, 0] > 150) & (rgb[:, 1] < 100) & (rgb[:, 2] < 100)).any()  # the red car
+    assert (rgb.max(1) < 90).any()  # a dark wall
+
+
+def test_two_stage_variants_set_pretrained_and_freezing(tmp_path):
+    from src.training import two_stage
+
+    base = _point_cfg(tmp_path, "race")
+    frozen = two_stage.variant_config(base, "frozen", tmp_path / "enc")
+    tuned = two_stage.variant_config(base, "finetuned", tmp_path / "enc")
+    scratch = two_stage.variant_config(base, "scratch", tmp_path / "enc")
+    assert (frozen.run.name, frozen.finetune.freeze_encoders, frozen.finetune.pretrained_ckpt) == (
+        "race_frozen",
+        True,
+        str(tmp_path / "enc"),
+    )
+    assert (tuned.finetune.freeze_encoders, tuned.finetune.pretrained_ckpt) == (False, str(tmp_path / "enc"))
+    assert (scratch.finetune.freeze_encoders, scratch.finetune.pretrained_ckpt) == (False, "")
+    assert frozen.ppo.agent == "raceformer"
+    shared = two_stage.variant_config(
+        base, "finetuned", tmp_path / "enc", dataclasses.replace(TINY_MODEL, action_dim=7)
+    )
+    assert shared.model == dataclasses.replace(TINY_MODEL, action_dim=base.model.action_dim)
+    with pytest.raises(ValueError, match="variant"):
+        two_stage.variant_config(base, "warm", None)
+
+
+@pytest.mark.slow
+def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
+    """The JAX racing env end to end with a tiny Raceformer: one iteration, then `--eval` (lap figures, GIF)."""
+    cfg = config.from_dict(
+        RLConfig,
+        {
+            "run": {"name": "race", "out_dir": str(tmp_path)},
+            "model": {
+                **{k: v for k, v in config.to_dict(TINY_MODEL).items() if k != "modalities"},
+                "modalities": {
+                    "lidar": {"shape": [16, 1]},
+                    "gps": {"shape": [4]},
+                    "radar": {"shape": [4, 4, 1]},
+                },
+            },
+            "env": {"kind": "jax_racecar", "num_envs": 2, "lidar_rays": 64, "time_limit": 2.0},
+            "ppo": {"total_env_steps": 16, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1},
+            "eval": {"every": 1, "episodes": 2, "max_steps": 12, "gif_frame_every": 2},
+        },
+    )
+    result = rl_agent.train(cfg, progress=False)
+    metrics = result.history[-1]
+    assert metrics["env_steps"] == 16.0
+    assert 0.0 <= metrics["eval/progress"] < 0.2 and metrics["eval/laps"] == 0.0
+    assert (result.run_dir / "config.toml").is_file()
+    figures = rl_agent.main(["--config", str(result.run_dir / "config.toml"), "--eval"])
+    assert figures == 0
+    report = json.loads((result.run_dir / "eval.json").read_text())
+    assert report["checkpoint"] == 1 and report["episodes"] == 2
+    assert Image.open(report["gif"]).size == (320, 320)
