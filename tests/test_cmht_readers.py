@@ -59,7 +59,8 @@ def test_real_fixture_parses(real):
     assert real.calib["rgb"]["extrinsic"][3].tolist() == [0, 0, 0, 1]
     assert real.calib["radar"]["translation"].tolist() == [0, 0, 0]
     # labels: index -> file; an empty list is allowed
-    assert min(real.labels) == 90 and max(real.labels) == 159 and len(real.labels) == 70
+    assert min(real.labels) == 90 and max(real.labels) == 834 and len(real.labels) == 71
+    assert cmht.read_labels(real.labels[834]) == []  # the sample's first empty label file
     labels = cmht.read_labels(real.labels[90])
     boxes = cmht.label_boxes(labels)
     assert cmht.label_classes(labels)[:2] == ["Truck", "Car"] and boxes.shape == (len(labels), 7)
@@ -172,6 +173,17 @@ def test_pcd_round_trip(tmp_path, encoding):
     for k, v in out.items():
         assert v.dtype == FIELDS[k].dtype and v.shape == FIELDS[k].shape, k
         np.testing.assert_array_equal(v, FIELDS[k], err_msg=k)
+    empty = cmht.read_pcd(pcd.write_pcd(tmp_path / "e.pcd", {k: v[:0] for k, v in FIELDS.items()}, encoding))
+    assert {k: (v.shape, v.dtype) for k, v in empty.items()} == {
+        k: ((0, *FIELDS[k].shape[1:]), FIELDS[k].dtype) for k in out
+    }
+
+
+def test_pcd_ascii_keeps_64_bit_integers_exact(tmp_path):
+    fields = {"t": np.array([2**64 - 1, 3], np.uint64), "id": np.array([[-(2**63), 2**62 + 1]] * 2, np.int64)}
+    out = cmht.read_pcd(pcd.write_pcd(tmp_path / "w.pcd", fields, "ascii"))
+    assert out["t"].tolist() == [2**64 - 1, 3] and out["id"].tolist() == [[-(2**63), 2**62 + 1]] * 2
+    assert out["t"].dtype == np.uint64 and out["id"].dtype == np.int64
 
 
 def test_pcd_hand_written_ascii(tmp_path):
@@ -332,7 +344,7 @@ def test_inspect_cli_on_real_fixture(capsys):
     for path in sorted((FIXTURE / SEQ / "label").glob("*.json")):
         for obj in json.loads(path.read_text()):
             expected[obj["obj_type"]] = expected.get(obj["obj_type"], 0) + 1
-    assert info["labels"]["by_class"] == expected and info["labels"]["files"] == 70
+    assert info["labels"]["by_class"] == expected and info["labels"]["files"] == 71
     assert info["valid_after_sync"] is None and any("no lidar" in p for p in info["problems"])
     assert math.isclose(info["sensors"]["gps_imu"]["rate_hz"], 10.0, rel_tol=0.02)
 

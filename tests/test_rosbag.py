@@ -31,20 +31,19 @@ def _header(t: float):
 
 
 def _cloud(t, fields):
-    layout = [("x", 7, 4), ("intensity", 7, 4), ("ring", 4, 2)]
-    rec = np.zeros(len(fields["x"]), np.dtype({"names": ["x", "intensity", "ring"], "formats": ["<f4", "<f4", "<u2"],
-                                               "offsets": [0, 4, 8], "itemsize": 12}))  # fmt: skip
-    for k in rec.dtype.names:
-        rec[k] = fields[k]
+    """A packed little-endian PointCloud2 of the field arrays (float32 / uint16), in their order."""
+    rec = np.zeros(
+        len(next(iter(fields.values()))), [(k, v.dtype.newbyteorder("<")) for k, v in fields.items()]
+    )
+    for k, v in fields.items():
+        rec[k] = v
     pf = T["sensor_msgs/msg/PointField"]
-    off = 0
-    fields_msg = []
-    for name, dt, size in layout:
-        fields_msg.append(pf(name=name, offset=off, datatype=dt, count=1))
-        off += size
+    fields_msg = [pf(name=k, offset=rec.dtype.fields[k][1], datatype={"f": 7, "u": 4}[v.dtype.kind], count=1)
+                  for k, v in fields.items()]  # fmt: skip
+    step = rec.dtype.itemsize
     return T[rosbag.POINTCLOUD2](
-        header=_header(t), height=1, width=len(rec), fields=fields_msg, is_bigendian=False, point_step=12,
-        row_step=12 * len(rec), data=np.frombuffer(rec.tobytes(), np.uint8), is_dense=True,
+        header=_header(t), height=1, width=len(rec), fields=fields_msg, is_bigendian=False, point_step=step,
+        row_step=step * len(rec), data=np.frombuffer(rec.tobytes(), np.uint8), is_dense=True,
     )  # fmt: skip
 
 
@@ -151,6 +150,23 @@ def test_bag_gps_imu_holds_fixes(bag):
         rosbag.RosbagSequence(bag).gps_imu()
 
 
+def test_read_bag_decodes_everything_into_memory(bag):
+    b = rosbag.read_bag(bag, topics={"ir": "/ir/image_raw/compressed"}, on_error="skip", report=cmht.Report())
+    assert b.topics["ir"] == "/ir/image_raw/compressed" and set(b.points) == {"lidar", "radar"}
+    for got, cloud in zip(b.points["lidar"], CLOUDS, strict=True):
+        for k in cloud:
+            np.testing.assert_array_equal(got[k], cloud[k])
+    for got, want in zip(b.images["rgb"], RGB, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(b.images["ir"][0], IR[0])
+    np.testing.assert_allclose(b.timestamps["rgb"], 100.0 + np.arange(4) / 15, atol=1e-9)
+    np.testing.assert_allclose(b.imu[:, 0], 0.1 * np.arange(8))
+    np.testing.assert_allclose(b.imu[2, 1:], [0.0, -0.2, 0.0, 0.5, 9.8])
+    np.testing.assert_allclose(b.navsat[:2], FIXES)
+    assert np.isnan(b.navsat[2]).all()  # status -1: no fix
+    assert b.gps_imu is not None and b.gps_imu.valid.sum() == 6
+
+
 def test_bad_topic_override_names_the_bag(bag):
     with pytest.raises(cmht.CMHTFormatError, match=f"{bag}.*'/imu/data' for lidar"):
         rosbag.RosbagSequence(bag, {"lidar": "/imu/data"})
@@ -160,3 +176,142 @@ def test_unreadable_bag(tmp_path):
     (tmp_path / "nobag").mkdir()
     with pytest.raises(cmht.CMHTFormatError, match="nobag"):
         rosbag.RosbagSequence(tmp_path / "nobag")
+
+
+# --------------------------------------------------------------------------------------------- conversion
+
+CONV_T = {"lidar": 100.0 + 0.1 * np.arange(6), "rgb": 100.003 + np.arange(9) / 15, "ir": 100.01 + np.arange(6) / 9,
+          "imu": 99.95 + 0.05 * np.arange(14), "gps": np.array([99.9, 100.25])}  # fmt: skip
+CONV_FIXES = [(43.228872, -79.939057), (43.2289891234, -79.9391234567)]
+CONV_CLOUDS = [
+    {"x": RNG.uniform(-20, 20, 40).astype(np.float32), "y": RNG.uniform(-20, 20, 40).astype(np.float32),
+     "z": RNG.uniform(-2, 1, 40).astype(np.float32), "intensity": RNG.uniform(0, 255, 40).astype(np.float32),
+     "ring": RNG.integers(0, 32, 40).astype(np.uint16)}
+    for _ in range(6)
+]  # fmt: skip
+
+
+def _jpeg(seed: int) -> bytes:
+    yy, xx = np.mgrid[0:48, 0:64]
+    pixels = np.stack([xx * 4, yy * 5, (xx + yy + seed * 20) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _imu_values(k: int) -> tuple[list[float], list[float]]:
+    return [0.01 * k, -0.343, 0.2], [0.3, -0.1 * k, 9.79]
+
+
+def write_drive_bag(path):
+    """A small drive: LiDAR 10 Hz, JPEG camera, mono16 IR, IMU 20 Hz, two GPS fixes (the first before any IMU)."""
+    v3, q = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
+    msgs = [
+        ("/points_raw", rosbag.POINTCLOUD2, t, _cloud(t, c)) for t, c in zip(CONV_T["lidar"], CONV_CLOUDS)
+    ]
+    msgs += [("/cam/compressed", rosbag.COMPRESSED, t,
+              T[rosbag.COMPRESSED](header=_header(t), format="jpeg", data=np.frombuffer(_jpeg(i), np.uint8)))
+             for i, t in enumerate(CONV_T["rgb"])]  # fmt: skip
+    msgs += [("/thermal/image", rosbag.IMAGE, t, _image(t, RNG.integers(0, 65535, (5, 7), dtype=np.uint16), "mono16"))
+             for t in CONV_T["ir"]]  # fmt: skip
+    for k, t in enumerate(CONV_T["imu"]):
+        gyro, acc = _imu_values(k)
+        msgs.append(("/imu", rosbag.IMU, t, T[rosbag.IMU](
+            header=_header(t), orientation=q(x=0, y=0, z=0, w=1), orientation_covariance=np.zeros(9),
+            angular_velocity=v3(x=gyro[0], y=gyro[1], z=gyro[2]), angular_velocity_covariance=np.zeros(9),
+            linear_acceleration=v3(x=acc[0], y=acc[1], z=acc[2]), linear_acceleration_covariance=np.zeros(9))))  # fmt: skip
+    msgs += [("/fix", rosbag.NAVSATFIX, t, _fix(t, *f)) for t, f in zip(CONV_T["gps"], CONV_FIXES)]
+    with Writer(path, version=9) as writer:
+        conns = {}
+        for topic, msgtype, t, msg in sorted(msgs, key=lambda m: m[2]):
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=rosbag.TYPESTORE)
+            writer.write(conns[topic], int(t * 1e9), rosbag.TYPESTORE.serialize_cdr(msg, msgtype))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bag_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bag_root")
+    write_drive_bag(root / "drive_1")
+    return root
+
+
+def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
+    out = rosbag.convert_bag(bag_root / "drive_1", tmp_path / "seqs" / "drive_1")
+    assert sorted(p.name for p in (tmp_path / "seqs").iterdir()) == ["drive_1"]  # the temp folder is gone
+    (seq,) = cmht.find_sequences(tmp_path / "seqs")
+    assert seq.path == out and set(seq.streams) == {"lidar", "rgb", "ir", "gps_imu"}
+    for sensor in ("lidar", "rgb", "ir"):
+        np.testing.assert_array_equal(seq.streams[sensor].timestamps, np.round(CONV_T[sensor] * 1000) / 1000)
+    np.testing.assert_array_equal(seq.streams["gps_imu"].timestamps, np.round(CONV_T["imu"] * 1000) / 1000)
+    for path, cloud in zip(seq.streams["lidar"].files, CONV_CLOUDS, strict=True):
+        got = cmht.read_pcd(path)
+        for k in cloud:
+            np.testing.assert_array_equal(got[k], cloud[k])
+            assert got[k].dtype == cloud[k].dtype
+    assert [p.suffix for p in seq.streams["rgb"].files] == [".jpg"] * 9
+    assert seq.streams["rgb"].files[4].read_bytes() == _jpeg(4)  # the published JPEG, not re-encoded
+    src = rosbag.RosbagSequence(bag_root / "drive_1")
+    np.testing.assert_array_equal(cmht.read_image(seq.streams["ir"].files[3]), src.read("ir", 3))
+    g = seq.gps_imu()
+    assert g.valid.all() and g.fix_changed.tolist() == [True] + [False] * 5 + [True] + [False] * 7
+    np.testing.assert_allclose(g.lat[:6], CONV_FIXES[0][0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(g.lon[6:], CONV_FIXES[1][1], rtol=0, atol=1e-6)
+    want = np.array([sum(_imu_values(k), []) for k in range(14)])
+    np.testing.assert_allclose(g.gyro, want[:, :3], rtol=1e-12)
+    np.testing.assert_allclose(g.accel, want[:, 3:], rtol=1e-12)  # G on disk, m/s^2 read back
+    with pytest.raises(FileExistsError, match="drive_1"):
+        rosbag.convert_bag(bag_root / "drive_1", out)
+
+
+def test_failed_conversion_leaves_nothing_and_skip_drops_records(bag, tmp_path):
+    with pytest.raises(cmht.CMHTFormatError, match="GPS fix"):  # IMU records before the first fix
+        rosbag.convert_bag(bag, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    report = cmht.Report()
+    seq = cmht.read_sequence(rosbag.convert_bag(bag, tmp_path / "out", on_error="skip", report=report))
+    assert set(seq.streams) == {"lidar", "radar", "rgb", "ir", "gps_imu"} and report.skipped["gps_imu"] == 2
+    np.testing.assert_allclose(seq.gps_imu().t, 100.0 + 0.05 * np.arange(1, 7), atol=1e-9)
+    np.testing.assert_array_equal(cmht.read_image(seq.streams["rgb"].files[2]), RGB[2])  # raw -> lossless PNG
+
+
+def test_degrees_to_ddmm_round_trips():
+    deg = np.array([43.228872, -79.939057, 0.0, 12.99999999999, -0.5])
+    np.testing.assert_allclose(cmht.ddmm_to_degrees(rosbag.degrees_to_ddmm(deg)), deg, rtol=0, atol=1e-8)
+    assert rosbag.degrees_to_ddmm(np.array([12.99999999999]))[0] == 1300.0  # a rounded 60' carries over
+
+
+def test_convert_cli_maps_topics(bag_root, tmp_path, capsys):
+    rosbag.main(
+        ["convert", str(bag_root / "drive_1"), "--out", str(tmp_path / "d"), "--topic", "rgb=/thermal/image"]
+    )
+    assert "rgb 6" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "d" / "camera").iterdir()) == ["front"]
+    assert (tmp_path / "d" / "camera" / "front" / "00000005.png").is_file()
+
+
+def test_pretrainer_data_from_a_bag_root(bag_root, tmp_path):
+    """data.source = "rosbag": bags under data.root are converted once into _converted/ and read as CMHT.
+    (A full `pretrainer.train` on it compiles a new model shape: ~40 s, over this file's budget.)"""
+    from src.config import ModalityConfig
+    from src.training import pretrainer
+    from tests._pretrain_fakes import tiny_config
+
+    shapes = {"lidar": (32, 32, 4), "rgb": (32, 32, 3), "gps": (4,)}
+    cfg = tiny_config(tmp_path, "bag", model={"modalities": {k: ModalityConfig(v) for k, v in shapes.items()}},
+                      data={"source": "rosbag", "root": str(bag_root), "shuffle": False})  # fmt: skip
+    batch = next(pretrainer.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))
+    first = bag_root / "_converted" / "drive_1" / "lidar" / "00000005.pcd"
+    stamp = first.stat().st_mtime_ns
+    assert set(batch) == {"lidar", "rgb", "gps", "valid", "timestamp"}
+    assert batch["lidar"].shape == (6, 32, 32, 4) and batch["rgb"].shape == (6, 32, 32, 3)
+    assert batch["valid"]["lidar"].all() and batch["valid"]["rgb"].all()
+    assert batch["lidar"][..., 0].sum(axis=(1, 2)).min() > 0  # occupied BEV cells from the bag's points
+    np.testing.assert_allclose(batch["timestamp"], CONV_T["lidar"], atol=1e-9)
+    again = next(pretrainer.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))
+    np.testing.assert_array_equal(again["lidar"], batch["lidar"])
+    assert first.stat().st_mtime_ns == stamp  # converted once, reused
+    missing = tiny_config(tmp_path, "bag", data={"source": "rosbag", "root": str(tmp_path / "nothing")})
+    with pytest.raises(FileNotFoundError, match="nothing"):
+        pretrainer.build_data(missing, batch_size=2, shard_index=0, shard_count=1)

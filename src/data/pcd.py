@@ -130,7 +130,8 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
 def _read_ascii(body: bytes, layout: list[tuple[str, str, int]], points: int, path: str | Path) -> dict:
     width = sum(c for _, _, c in layout)
     try:
-        values = np.array(body.decode("ascii").split(), dtype=np.float64)
+        tokens = body.decode("ascii").split()
+        values = np.array(tokens, dtype=np.float64)
     except (ValueError, UnicodeDecodeError) as e:
         raise CMHTFormatError(f"{path}: PCD ascii body has a non-numeric value: {e}") from e
     if values.size != points * width:
@@ -141,7 +142,16 @@ def _read_ascii(body: bytes, layout: list[tuple[str, str, int]], points: int, pa
     out, col = {}, 0
     for name, t, c in layout:
         if name != "_":
-            block = table[:, col : col + c].astype(t)
+            # 64-bit integers beyond float64's 2**53 are parsed from the text itself
+            if np.dtype(t).kind in "iu" and np.dtype(t).itemsize == 8:
+                try:
+                    block = np.array(tokens, dtype=object).reshape(points, width)[:, col : col + c].astype(t)
+                except (ValueError, OverflowError) as e:
+                    raise CMHTFormatError(
+                        f"{path}: PCD ascii field {name!r} is not a 64-bit integer: {e}"
+                    ) from e
+            else:
+                block = table[:, col : col + c].astype(t)
             out[name] = block[:, 0].copy() if c == 1 else block
         col += c
     return out
@@ -237,7 +247,16 @@ def write_pcd(path: str | Path, fields: Mapping[str, np.ndarray], encoding: str 
 
 
 def _ascii_body(columns: list[np.ndarray]) -> bytes:
-    table = np.concatenate([c.reshape(len(c), -1).astype(np.float64) for c in columns], axis=1)
+    # explicit column counts: reshape(n, -1) is ambiguous for an empty cloud (a radar sweep with no returns);
+    # 64-bit integers go through Python ints, float64 would round them beyond 2**53
+    wide = any(c.dtype.kind in "iu" and c.dtype.itemsize == 8 for c in columns)
+    table = np.concatenate(
+        [
+            c.reshape(len(c), c.shape[1] if c.ndim == 2 else 1).astype(object if wide else np.float64)
+            for c in columns
+        ],
+        axis=1,
+    )
     fmt = []
     for c in columns:
         f = ("%.9g" if c.dtype.itemsize == 4 else "%.17g") if c.dtype.kind == "f" else "%d"

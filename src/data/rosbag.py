@@ -6,14 +6,22 @@ Topic names are not documented, so topics are mapped to sensors by message type 
     sensor_msgs/msg/Imu                       gps_imu record times, gyro and accel
     sensor_msgs/msg/NavSatFix                 the position of the gps_imu records (held between fixes)
 A record's time is its header stamp (the bag's log time when the stamp is zero), in float64 seconds.
+`RosbagSequence` indexes a bag and decodes records on demand; `read_bag` decodes a whole bag into memory;
+`convert_bag` writes a bag as one sequence in the frame layout, so that everything built on `cmht` reads it:
+
+    python -m src.data.rosbag convert BAG --out DIR [--topic sensor=/topic ...] [--on-error skip]
+
 IMU values are kept as published (ROS: rad/s and m/s^2, z up, so +9.8 at rest where the frame release has -9.8).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
+import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -159,6 +167,28 @@ def image_pixels(msg: Any, msgtype: str, where: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- sequence
 
 
+def imu_values(msgs: list[Any]) -> np.ndarray:
+    """Imu messages -> [N, 6] float64: angular velocity x y z (rad/s), linear acceleration x y z (m/s^2)."""
+    rows = [
+        [m.angular_velocity.x, m.angular_velocity.y, m.angular_velocity.z]
+        + [m.linear_acceleration.x, m.linear_acceleration.y, m.linear_acceleration.z]
+        for m in msgs
+    ]
+    return np.array(rows, np.float64).reshape(-1, 6)
+
+
+def navsat_values(msgs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NavSatFix messages -> latitude, longitude (degrees) and whether each is a usable fix (status >= 0)."""
+    lat = np.array([m.latitude for m in msgs], np.float64)
+    lon = np.array([m.longitude for m in msgs], np.float64)
+    ok = (
+        np.array([m.status.status >= 0 for m in msgs], np.bool_).reshape(-1)
+        & np.isfinite(lat)
+        & np.isfinite(lon)
+    )
+    return lat, lon, ok
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class BagStream:
     """One topic's records: times (float64 s, strictly increasing), and to find them again their log times (ns)
@@ -255,24 +285,15 @@ class RosbagSequence:
         """IMU records with the latest NavSatFix at or before each (held; fix_changed where a new fix arrived)."""
         if "imu" not in self.channels:
             raise CMHTFormatError(f"{self.path}: no sensor_msgs/msg/Imu topic for the gps_imu records")
-        imu = self._messages("imu")
         t = self.channels["imu"].timestamps
-        gyro = np.array([[m.angular_velocity.x, m.angular_velocity.y, m.angular_velocity.z] for m in imu])
-        accel = np.array(
-            [[m.linear_acceleration.x, m.linear_acceleration.y, m.linear_acceleration.z] for m in imu]
-        )
-        gyro, accel = gyro.reshape(-1, 3), accel.reshape(-1, 3)
+        values = imu_values(self._messages("imu"))
+        gyro, accel = values[:, :3], values[:, 3:]
         n = len(t)
         fix = np.full(n, -1, np.int64)
         lat = lon = np.zeros(0)
         fix_ok = np.zeros(0, np.bool_)
         if "gps" in self.channels:
-            gps = self._messages("gps")
-            lat = np.array([m.latitude for m in gps], np.float64)
-            lon = np.array([m.longitude for m in gps], np.float64)
-            fix_ok = (
-                np.array([m.status.status >= 0 for m in gps], np.bool_) & np.isfinite(lat) & np.isfinite(lon)
-            )
+            lat, lon, fix_ok = navsat_values(self._messages("gps"))
             fix = np.searchsorted(self.channels["gps"].timestamps, t, side="right") - 1
         has_fix = fix >= 0
         valid = has_fix & np.all(np.isfinite(gyro), axis=1) & np.all(np.isfinite(accel), axis=1)
@@ -308,3 +329,247 @@ class RosbagSequence:
             fix_changed=changed,
             valid=valid,
         )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BagStreams:
+    """A whole bag decoded into memory, per sensor (for small bags and tests; `RosbagSequence` reads lazily).
+
+    `timestamps` has float64 seconds per mapped sensor (lidar, radar, rgb, ir, imu, gps); `points` the point
+    dicts of lidar/radar, `images` the pixels of rgb/ir, `imu` [N, 6] (gyro, accel as published), `navsat`
+    [M, 2] (lat, lon in degrees, NaN where the fix status is negative), `gps_imu` the merged records."""
+
+    path: Path
+    topics: dict[str, str]
+    timestamps: dict[str, np.ndarray]
+    points: dict[str, list[dict[str, np.ndarray]]]
+    images: dict[str, list[np.ndarray]]
+    imu: np.ndarray
+    navsat: np.ndarray
+    gps_imu: cmht.GpsImu | None
+
+
+def read_bag(
+    path: str | Path,
+    *,
+    topics: Mapping[str, str] | None = None,
+    on_error: OnError = "raise",
+    report: Report | None = None,
+) -> BagStreams:
+    """Decode every mapped topic of a ROS2 bag (see the module docstring for the mapping) into memory."""
+    seq = RosbagSequence(path, topics, on_error=on_error, report=report)
+    ch = seq.channels
+    points = {s: [pointcloud2_fields(m, f"{seq.path}: topic {ch[s].topic}") for m in seq._messages(s)]
+              for s in ("lidar", "radar") if s in ch}  # fmt: skip
+    images = {s: [image_pixels(m, ch[s].msgtype, f"{seq.path}: topic {ch[s].topic}") for m in seq._messages(s)]
+              for s in ("rgb", "ir") if s in ch}  # fmt: skip
+    imu = imu_values(seq._messages("imu")) if "imu" in ch else np.zeros((0, 6))
+    navsat = np.zeros((0, 2))
+    if "gps" in ch:
+        lat, lon, ok = navsat_values(seq._messages("gps"))
+        navsat = np.where(ok[:, None], np.stack([lat, lon], axis=1), np.nan)
+    return BagStreams(
+        path=seq.path,
+        topics=dict(seq.topics),
+        timestamps={s: c.timestamps for s, c in ch.items()},
+        points=points,
+        images=images,
+        imu=imu,
+        navsat=navsat,
+        gps_imu=seq.gps_imu() if "imu" in ch else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------- conversion
+
+_FOLDERS = {"lidar": "lidar", "radar": "radar/points", "rgb": "camera/front", "ir": "camera/ir"}
+_MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png"}
+CONVERTED = "_converted"  # convert_bags: the folder under a root of bags that holds the converted sequences
+GPS_DATAFORMAT = (
+    "latitude (ddmm.mmmm)\nlongitude (ddmm.mmmm)\nangular velocity around x (rad/s)\n"
+    "angular velocity around y (rad/s)\nangular velocity around z (rad/s)\n"
+    "linear acceleration in the x direction (G)\nlinear acceleration in the y direction (G)\n"
+    "linear acceleration in the z direction (G)\n"
+)
+
+
+def degrees_to_ddmm(x: np.ndarray) -> np.ndarray:
+    """Signed decimal degrees -> ddmm.mmmmmmm values (1e-7 minute, ~2e-9 degree; a rounded 60' carries over)."""
+    x = np.asarray(x, np.float64)
+    deg, minutes = np.divmod(np.round(np.abs(x) * 60e7).astype(np.int64), 60 * 10**7)
+    return np.sign(x) * (deg * 100.0 + minutes / 1e7)
+
+
+def _whole_ms(name: str, t: np.ndarray, where: str, on_error: OnError, report: Report | None) -> np.ndarray:
+    """Integer ms of the times, and which to keep: a record in the same ms as an earlier one cannot be stored."""
+    ms = np.round(t * 1000.0).astype(np.int64)
+    keep = np.ones(len(ms), np.bool_)
+    keep[1:] = ms[1:] > np.maximum.accumulate(ms)[:-1]
+    if not keep.all():
+        cmht.report_problem(
+            f"{where}: {int((~keep).sum())} {name} record(s) in the same millisecond as an earlier one; dropped",
+            on_error,
+            report,
+            name,
+            int((~keep).sum()),
+        )
+    return keep
+
+
+def _write_stamps(folder: Path, t: np.ndarray) -> None:
+    ms = np.round(t * 1000.0).astype(np.int64)
+    (folder / "timestamp.txt").write_text("".join(f"{v}\n" for v in ms.tolist()))
+
+
+def _write_image(folder: Path, index: int, msg: Any, msgtype: str, sensor: str, where: str) -> None:
+    """JPEG/PNG payloads are stored as they are; raw images as lossless PNG (float IR as TIFF)."""
+    if msgtype == COMPRESSED:
+        data = np.asarray(msg.data, np.uint8).tobytes()
+        ext = next((e for magic, e in _MAGIC.items() if data.startswith(magic)), None)
+        if ext is not None:
+            (folder / f"{index:08d}{ext}").write_bytes(data)
+            return
+    pixels = image_pixels(msg, msgtype, where)
+    if pixels.dtype.kind == "f" and sensor == "ir":
+        Image.fromarray(pixels.astype(np.float32)).save(folder / f"{index:08d}.tiff")
+    elif pixels.dtype in (np.uint8, np.uint16):
+        Image.fromarray(pixels).save(folder / f"{index:08d}.png", compress_level=1)
+    else:
+        raise CMHTFormatError(
+            f"{where}: {pixels.dtype} {sensor} pixels cannot be stored as a {sensor} image file"
+        )
+
+
+def _write_gps_imu(seq: RosbagSequence, folder: Path) -> None:
+    """The valid gps_imu records as 8-line text files (accel in G, as in the frame release) + timestamps."""
+    g = seq.gps_imu()
+    keep = g.valid & _whole_ms("gps_imu", g.t, str(seq.path), seq.on_error, seq.report)
+    rows = np.column_stack([degrees_to_ddmm(g.lat), degrees_to_ddmm(g.lon), g.gyro, g.accel / cmht.G])[keep]
+    for i, r in enumerate(rows.tolist()):
+        (folder / f"{i:08d}.txt").write_text(f"{r[0]:.7f}\n{r[1]:.7f}\n" + "\n".join(repr(v) for v in r[2:]))
+    _write_stamps(folder, g.t[keep])
+    (folder.parent / "dataformat.txt").write_text(GPS_DATAFORMAT)
+
+
+def _write_sequence(seq: RosbagSequence, out: Path) -> None:
+    """Every record stream of `seq` into `out` in the frame layout, reading the bag once for the record files."""
+    # topic -> (sensor, folder, {position among the topic's messages: file index})
+    targets: dict[str, tuple[str, Path, dict[int, int]]] = {}
+    for sensor, sub in _FOLDERS.items():
+        if sensor not in seq.channels:
+            continue
+        ch = seq.channels[sensor]
+        keep = _whole_ms(sensor, ch.timestamps, f"{seq.path}: topic {ch.topic}", seq.on_error, seq.report)
+        folder = out / sub
+        folder.mkdir(parents=True)
+        _write_stamps(folder, ch.timestamps[keep])
+        targets[ch.topic] = (sensor, folder, {int(p): i for i, p in enumerate(ch.positions[keep].tolist())})
+    count: dict[str, int] = dict.fromkeys(targets, 0)
+    with Reader(seq.path) as reader:
+        conns = [c for c in reader.connections if c.topic in targets]
+        for conn, _, raw in reader.messages(connections=conns):
+            sensor, folder, index = targets[conn.topic]
+            position, count[conn.topic] = count[conn.topic], count[conn.topic] + 1
+            if position not in index:
+                continue
+            msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
+            where = f"{seq.path}: topic {conn.topic} message {position}"
+            if conn.msgtype == POINTCLOUD2:
+                cmht.write_pcd(folder / f"{index[position]:08d}.pcd", pointcloud2_fields(msg, where))
+            else:
+                _write_image(folder, index[position], msg, conn.msgtype, sensor, where)
+    if "imu" in seq.channels:
+        folder = out / "Gps_Imu" / "data"
+        folder.mkdir(parents=True)
+        _write_gps_imu(seq, folder)
+
+
+def convert_bag(
+    bag_path: str | Path,
+    out_dir: str | Path,
+    *,
+    topics: Mapping[str, str] | None = None,
+    on_error: OnError = "raise",
+    report: Report | None = None,
+) -> Path:
+    """Write a ROS2 bag as one sequence folder `out_dir` in the frame layout (`cmht.find_sequences` reads it).
+
+    lidar/ and radar/points/ hold PCD, camera/front/ and camera/ir/ the JPEG/PNG payloads as published (raw
+    images as PNG), Gps_Imu/data/ the IMU records with the held fix; each folder's timestamp.txt has the bag
+    times in integer ms. Written in a temporary folder beside `out_dir` and renamed into place when complete.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out}: the conversion target already exists")
+    seq = RosbagSequence(bag_path, topics, on_error=on_error, report=report)
+    if not seq.streams:
+        raise CMHTFormatError(f"{seq.path}: no PointCloud2, image or Imu topic to convert")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_sequence(seq, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out.exists():
+            raise  # else another process converted the same bag first
+    return out
+
+
+def convert_bags(root: str | Path, *, on_error: OnError = "raise", report: Report | None = None) -> Path:
+    """Convert every bag (a folder with metadata.yaml) under `root` once into `root/_converted/<its path>/`.
+
+    Bags converted earlier are kept as they are; returns the `_converted` folder, a root for `find_sequences`.
+    In skip mode a bag that cannot be converted is reported and left out.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={root}: no such folder of ROS2 bags")
+    done = root / CONVERTED
+    bags = sorted(m.parent for m in root.rglob("metadata.yaml") if CONVERTED not in m.relative_to(root).parts)
+    if not bags:
+        raise FileNotFoundError(f"data.root={root}: no ROS2 bag (a folder with metadata.yaml) under it")
+    for bag in bags:
+        out = done / (bag.relative_to(root).as_posix() if bag != root else root.name)
+        if out.exists():
+            continue
+        try:
+            convert_bag(bag, out, on_error=on_error, report=report)
+        except FileExistsError:
+            continue  # another process converted it meanwhile
+        except CMHTFormatError as e:
+            cmht.report_problem(f"{e}; bag left out", on_error, report, "bag")
+    return done
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help="write a bag as one sequence folder in the CMHT frame layout")
+    conv.add_argument("bag", help="the bag folder (with metadata.yaml)")
+    conv.add_argument("--out", required=True, help="sequence folder to write (must not exist)")
+    conv.add_argument("--topic", action="append", default=[], metavar="SENSOR=/TOPIC",
+                      help=f"map a topic to a sensor ({', '.join(TOPIC_SENSORS)}); repeatable")  # fmt: skip
+    conv.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    args = parser.parse_args(argv)
+    topics = {}
+    for item in args.topic:
+        sensor, sep, topic = item.partition("=")
+        if not sep or not topic:
+            parser.error(f"--topic {item!r}: expected SENSOR=/TOPIC")
+        topics[sensor] = topic
+    report = Report()
+    out = convert_bag(args.bag, args.out, topics=topics, on_error=args.on_error, report=report)
+    seq = cmht.read_sequence(out)
+    print(f"wrote {out}: " + ", ".join(f"{s} {len(st)}" for s, st in seq.streams.items()))
+    for problem in report.problems:
+        print(f"  skipped: {problem}")
+
+
+if __name__ == "__main__":
+    main()

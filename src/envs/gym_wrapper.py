@@ -134,6 +134,44 @@ def _check_keys(env_obs: Mapping[str, Any], keys: tuple[str, ...]) -> None:
         raise ValueError(f"env observation: missing key(s) {missing}; got {sorted(env_obs)}")
 
 
+def _contract(
+    env_obs: Mapping[str, Any],
+    modalities: Mapping[str, ModalityConfig | tuple[int, ...]],
+    grid: transforms.BevGrid,
+    spec: ScanSpec,
+    xp: Any,
+    lidar_fn: Callable,
+    rgb_fn: Callable,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one mapping racecar_gym obs -> Contract-1 (sample, valid), for NumPy (`xp=np`) or jnp."""
+    _check_keys(env_obs, ("pose", "velocity", "acceleration", "lidar"))
+    scan = xp.asarray(env_obs["lidar"], xp.float32)
+    lead = scan.shape[:-1]
+    out: dict[str, Any] = {}
+    valid: dict[str, Any] = {}
+    for name, m in modalities.items():
+        shape = _shape(m)
+        ok = True
+        if name == "lidar":
+            out[name] = lidar_fn(scan, shape, grid, spec)
+        elif name == "rgb" and "rgb_camera" in env_obs:
+            out[name] = rgb_fn(xp.asarray(env_obs["rgb_camera"]), shape)
+        elif name == "gps":
+            out[name] = _gps(xp.asarray(env_obs["pose"]), xp.asarray(env_obs["velocity"]), shape[0], xp)
+        elif name == "imu":
+            out[name] = _imu(xp.asarray(env_obs["velocity"]), xp.asarray(env_obs["acceleration"]), xp)
+        elif name in ABSENT_IN_SIM or name == "rgb":  # rgb without a camera is absent, like radar and IR
+            out[name], ok = xp.zeros(lead + shape, xp.float32), False
+        else:
+            raise ValueError(f"modalities: unknown modality {name!r}")
+        valid[name] = xp.full(lead, ok, xp.bool_)
+    t = env_obs.get("time")
+    # float64 with NumPy; under JAX float64 only where x64 is enabled, otherwise float32
+    ttype = np.float64 if xp is np else None
+    out["timestamp"] = xp.asarray(t, ttype).reshape(lead) if t is not None else xp.zeros(lead, ttype)
+    return out, valid
+
+
 def contract_obs(
     env_obs: Mapping[str, Any],
     modalities: Mapping[str, ModalityConfig | tuple[int, ...]],
@@ -144,35 +182,7 @@ def contract_obs(
 
     `sample` has one array per configured modality plus `timestamp` (float64); `valid` one bool per modality.
     """
-    _check_keys(env_obs, ("pose", "velocity", "acceleration", "lidar"))
-    scan = np.asarray(env_obs["lidar"], np.float32)
-    lead = scan.shape[:-1]
-    out: dict[str, np.ndarray] = {}
-    valid: dict[str, np.ndarray] = {}
-    for name, m in modalities.items():
-        shape = _shape(m)
-        ok = True
-        if name == "lidar":
-            out[name] = _lidar_numpy(scan, shape, grid, spec)
-        elif name == "rgb":
-            if "rgb_camera" in env_obs:
-                out[name] = _rgb_numpy(np.asarray(env_obs["rgb_camera"]), shape)
-            else:
-                out[name], ok = np.zeros(lead + shape, np.float32), False
-        elif name == "gps":
-            out[name] = _gps(np.asarray(env_obs["pose"]), np.asarray(env_obs["velocity"]), shape[0])
-        elif name == "imu":
-            out[name] = _imu(np.asarray(env_obs["velocity"]), np.asarray(env_obs["acceleration"]))
-        elif name in ABSENT_IN_SIM:
-            out[name], ok = np.zeros(lead + shape, np.float32), False
-        else:
-            raise ValueError(f"modalities: unknown modality {name!r}")
-        valid[name] = np.full(lead, ok, np.bool_)
-    t = env_obs.get("time")
-    out["timestamp"] = (
-        np.asarray(t, np.float64).reshape(lead) if t is not None else np.zeros(lead, np.float64)
-    )
-    return out, valid
+    return _contract(env_obs, modalities, grid, spec, np, _lidar_numpy, _rgb_numpy)
 
 
 def _lidar_numpy(scan: np.ndarray, shape: tuple[int, ...], grid: Any, spec: ScanSpec) -> np.ndarray:
@@ -396,31 +406,4 @@ def contract_obs_jax(
     spec: ScanSpec = ScanSpec(),
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """`contract_obs` in jnp for the JAX env's obs dict (leading batch axes allowed); jit-able."""
-    _check_keys(env_obs, ("pose", "velocity", "acceleration", "lidar"))
-    scan = jnp.asarray(env_obs["lidar"], jnp.float32)
-    lead = scan.shape[:-1]
-    out: dict[str, jax.Array] = {}
-    valid: dict[str, jax.Array] = {}
-    for name, m in modalities.items():
-        shape = _shape(m)
-        ok = True
-        if name == "lidar":
-            out[name] = _lidar_jax(scan, shape, grid, spec)
-        elif name == "rgb":
-            if "rgb_camera" in env_obs:
-                out[name] = _rgb_jax(jnp.asarray(env_obs["rgb_camera"]), shape)
-            else:
-                out[name], ok = jnp.zeros(lead + shape, jnp.float32), False
-        elif name == "gps":
-            out[name] = _gps(jnp.asarray(env_obs["pose"]), jnp.asarray(env_obs["velocity"]), shape[0], jnp)
-        elif name == "imu":
-            out[name] = _imu(jnp.asarray(env_obs["velocity"]), jnp.asarray(env_obs["acceleration"]), jnp)
-        elif name in ABSENT_IN_SIM:
-            out[name], ok = jnp.zeros(lead + shape, jnp.float32), False
-        else:
-            raise ValueError(f"modalities: unknown modality {name!r}")
-        valid[name] = jnp.full(lead, ok, jnp.bool_)
-    t = env_obs.get("time")
-    # float64 only where x64 is enabled; otherwise JAX keeps float32 (NumPy's contract_obs gives float64)
-    out["timestamp"] = jnp.asarray(t).reshape(lead) if t is not None else jnp.zeros(lead)
-    return out, valid
+    return _contract(env_obs, modalities, grid, spec, jnp, _lidar_jax, _rgb_jax)

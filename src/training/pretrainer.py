@@ -67,8 +67,16 @@ def build_data(cfg: PretrainConfig, *, batch_size: int, shard_index: int, shard_
     if cfg.data.source == "cmht":
         pipeline.ensure_dataset(cfg.data)  # safe in every process: the set is renamed into place when complete
         source = pipeline.build_cmht_source(cfg.data, cfg.model)
+    elif cfg.data.source == "rosbag":
+        from src.data import rosbag
+
+        # every process may convert: each bag is renamed into place when complete and skipped once there
+        converted = rosbag.convert_bags(cfg.data.root, on_error=cfg.data.on_error)
+        source = pipeline.build_cmht_source(dataclasses.replace(cfg.data, root=str(converted)), cfg.model)
     else:
-        raise ConfigError(f"data.source={cfg.data.source!r}: the pretrainer reads 'cmht' and 'episodes' sources")
+        raise ConfigError(
+            f"data.source={cfg.data.source!r}: the pretrainer reads 'cmht', 'rosbag' and 'episodes' sources"
+        )
     return pipeline.build_pipeline(
         source,
         batch_size=batch_size,
