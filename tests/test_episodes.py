@@ -211,3 +211,52 @@ def test_pretrainer_reads_episode_pairs_and_resumes(dataset):
     missing = config.replace(cfg, data={"root": str(dataset / "nope")})
     with pytest.raises(FileNotFoundError, match="record_if_missing"):
         pretrainer.build_data(missing, batch_size=4, shard_index=0, shard_count=1)
+
+
+def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
+    """A one-iteration racing run drives the recorder: the recorded first action is the policy mean for the
+    first observation (noise 0), and a run directory without a checkpoint is refused by name."""
+    import jax
+
+    from src import config
+    from src.config import RLConfig
+    from src.envs import jax_racecar as sim
+    from src.training import rl_agent
+    from tests.test_rl_agent import TINY_MODEL
+
+    cfg = config.from_dict(
+        RLConfig,
+        {
+            "run": {"name": "race", "out_dir": str(tmp_path)},
+            "model": config.to_dict(TINY_MODEL),
+            "env": {"kind": "jax_racecar", "num_envs": 2, "lidar_rays": 32, "time_limit": 2.0},
+            "ppo": {"total_env_steps": 8, "num_steps": 4, "num_minibatches": 2, "update_epochs": 1},
+            "eval": {"every": 0},
+        },
+    )
+    result = rl_agent.train(cfg, progress=False)
+    run = result.run_dir
+    spec = E.RecordSpec(
+        episodes=1, frames=3, size=(8, 8), drop_prob=0.0, frame_every=1, noise=(0.0, 0.0), checkpoint=str(run)
+    )
+    E.record_episodes(tmp_path / "rec", spec)
+    report = E.validate_dir(tmp_path / "rec")
+    assert report.ok and report.frames == 3, report.problems
+    (ep,) = E.load_episodes(tmp_path / "rec")[0]
+    # The recorder's first observation, rebuilt from its seed in the run's env (its pose is the recorded one),
+    # and the trained (not restored) policy's mean for it.
+    params = sim.make_params(
+        "default", **{**rl_agent.env_settings(cfg), "reset_mode": "random", "pose_noise": 0.0}
+    )
+    k_reset = jax.random.split(jax.random.split(jax.random.key(spec.seed), 1)[0], 3)[0]
+    obs, _ = sim.reset(k_reset, params)
+    np.testing.assert_allclose(ep.pose[0], np.asarray(obs["pose"])[[0, 1, 5]], atol=1e-5)
+    contract = jax.jit(jax.vmap(rl_agent.contract_obs_fn(cfg, params)))(jax.tree.map(lambda x: x[None], obs))
+    expected = np.asarray(jax.jit(result.learner.act_deterministic)(result.state, contract))[0]
+    np.testing.assert_allclose(ep.action[0], expected, atol=1e-5)
+    assert np.all(np.abs(ep.action) <= 1.0) and np.abs(ep.action).max() > 0
+    (run / "ckpt").rename(run / "gone")
+    with pytest.raises(FileNotFoundError, match="ckpt"):
+        E.record_episodes(tmp_path / "rec2", spec)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        E.record_episodes(tmp_path / "rec3", E.RecordSpec(checkpoint=str(tmp_path / "nope")))

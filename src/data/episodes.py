@@ -545,6 +545,9 @@ class RecordSpec:
     `yaw_deg` names others. The driver is pure pursuit at a per-episode target speed drawn from `speed_range`,
     plus Gaussian action noise (`noise` = std of [motor, steering]); episodes start at random centreline
     points. A frame is taken every `frame_every` control steps; each camera frame is dropped with `drop_prob`.
+    With `checkpoint` (a jax_racecar PPO run directory) the driver is that run's deterministic policy (latest
+    checkpoint) plus the same noise, in an env with the run's settings (lidar, time limit, ...); `track` must
+    then be the run's track.
     """
 
     episodes: int = 8
@@ -558,6 +561,7 @@ class RecordSpec:
     frame_every: int = 2
     speed_range: tuple[float, float] = (2.0, 4.0)
     noise: tuple[float, float] = (0.05, 0.15)
+    checkpoint: str = ""
 
     def camera_yaws(self) -> dict[str, float]:
         table = {**CAMERA_YAW_DEG, **dict(self.yaw_deg)}
@@ -567,7 +571,7 @@ class RecordSpec:
         return {c: table[c] for c in self.cameras}
 
 
-def _rollout(key: jax.Array, params: Any, spec: RecordSpec) -> dict[str, jax.Array]:
+def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) -> dict[str, jax.Array]:
     """One episode in the JAX simulator, time-major: images [F, V, H, W, 3] uint8 and the ego record."""
     from src.envs import controllers
     from src.envs import jax_racecar as sim
@@ -589,8 +593,11 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec) -> dict[str, jax.Arr
     noise = jnp.asarray(spec.noise, jnp.float32)
 
     def control(obs: dict, k: jax.Array) -> jax.Array:
-        pose = obs["pose"][jnp.array([0, 1, 5])]
-        a = controllers.pure_pursuit(pose, obs["velocity"][0], params.centreline, target_speed=target)
+        if policy is not None:
+            a = policy(obs)
+        else:
+            pose = obs["pose"][jnp.array([0, 1, 5])]
+            a = controllers.pure_pursuit(pose, obs["velocity"][0], params.centreline, target_speed=target)
         return jnp.clip(a + noise * jax.random.normal(k, (2,)), -1.0, 1.0)
 
     def frame(carry: tuple, k: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
@@ -616,21 +623,37 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec) -> dict[str, jax.Arr
     return rec
 
 
-def simulate(spec: RecordSpec) -> dict[str, np.ndarray]:
-    """All episodes at once (vmapped and jitted): images [N, F, V, H, W, 3] and the ego record [N, F, ...]."""
+def recording_env(spec: RecordSpec) -> tuple[Any, Any]:
+    """(env params, policy or None) the recorder drives: with `spec.checkpoint`, the run's restored policy and
+    its env settings, so the policy sees the observations it was trained on."""
     from src.envs import jax_racecar as sim
 
+    # no camera: rendered per camera yaw in `_rollout`; 8 rays: the recorder keeps no scan
+    settings: dict[str, Any] = {"camera": False, "lidar_rays": 8}
+    policy = None
+    if spec.checkpoint:
+        from src.training import rl_agent
+
+        policy, cfg = rl_agent.load_policy(spec.checkpoint)
+        settings = rl_agent.env_settings(cfg)
+        if (cfg.env.track or "default") != spec.track:
+            raise ValueError(
+                f"{spec.checkpoint}: the run drove track {cfg.env.track or 'default'!r}, not {spec.track!r}"
+            )
     params = sim.make_params(
         spec.track,
-        camera=False,  # rendered per camera yaw in `_rollout`
+        **{**settings, "reset_mode": "random", "pose_noise": 0.0},
         camera_height=spec.size[0],
         camera_width=spec.size[1],
-        lidar_rays=8,  # the recorder keeps no scan; the env computes one per step regardless
-        pose_noise=0.0,
-        reset_mode="random",
     )
+    return params, policy
+
+
+def simulate(spec: RecordSpec) -> dict[str, np.ndarray]:
+    """All episodes at once (vmapped and jitted): images [N, F, V, H, W, 3] and the ego record [N, F, ...]."""
+    params, policy = recording_env(spec)
     keys = jax.random.split(jax.random.key(spec.seed), spec.episodes)
-    run = jax.jit(jax.vmap(lambda k: _rollout(k, params, spec)))
+    run = jax.jit(jax.vmap(lambda k: _rollout(k, params, spec, policy)))
     return jax.tree.map(np.asarray, run(keys))
 
 
@@ -666,7 +689,7 @@ def record_episodes(out: str | Path, spec: RecordSpec) -> list[Path]:
             "camera_yaw_deg": yaws,
             "image_size": list(spec.size),
             "track": spec.track,
-            "driver": "pure_pursuit+noise",
+            "driver": f"ppo:{Path(spec.checkpoint).name}+noise" if spec.checkpoint else "pure_pursuit+noise",
         }
         paths.append(
             write_episode(
@@ -712,6 +735,7 @@ def _record_main(args: argparse.Namespace) -> int:
         seed=args.seed,
         track=args.track,
         frame_every=args.frame_every,
+        checkpoint=args.checkpoint,
     )
     start = time.perf_counter()
     paths = record_episodes(args.out, spec)
@@ -743,6 +767,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--drop-prob", type=float, default=RecordSpec.drop_prob)
     r.add_argument("--track", default=RecordSpec.track)
     r.add_argument("--frame-every", type=int, default=RecordSpec.frame_every, help="control steps per frame")
+    r.add_argument(
+        "--checkpoint", default="", help="drive with this jax_racecar PPO run's policy (runs/<name>)"
+    )
     args = parser.parse_args(argv)
     if args.command == "validate":
         return _validate_main(args)

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,12 @@ def ensure_dataset(data_cfg: DataConfig) -> Path:
         )
     from src.data import synthetic
 
+    print(
+        f"data.root={root} does not exist and data.synthesize_if_missing is set: writing a synthetic CMHT "
+        f"sequence of {data_cfg.synthetic_frames} LiDAR sweeps there (real on-disk format) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     # Written beside the target and renamed into place, so that concurrent processes never see half a set.
     tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -160,20 +160,22 @@ def host_eval_rollout(
     return {k: np.stack(v) for k, v in rec.items()}
 
 
-def racing_env(cfg: RLConfig, reset_mode: str | None = None) -> tuple[ppo.JaxEnv, Any]:
-    """The pure-JAX racing env as the engine sees it: functional reset/step bound to its params, observations
-    mapped to Contract 1 inside jit (radar/IR zeros with valid = False)."""
+def env_settings(cfg: RLConfig) -> dict[str, Any]:
+    """The `jax_racecar.make_params` settings of a run's env (besides its track), shared with the recorder."""
     e = cfg.env
-    params = jax_racecar.make_params(
-        e.track or "default",
-        lidar_rays=e.lidar_rays,
-        camera=e.camera,
-        time_limit=e.time_limit,
-        signed_progress=e.signed_progress,
-        collision_reward=e.collision_reward,
-        terminate_on_collision=e.terminate_on_collision,
-        reset_mode=reset_mode or e.reset_mode,
-    )
+    return {
+        "lidar_rays": e.lidar_rays,
+        "camera": e.camera,
+        "time_limit": e.time_limit,
+        "signed_progress": e.signed_progress,
+        "collision_reward": e.collision_reward,
+        "terminate_on_collision": e.terminate_on_collision,
+        "reset_mode": e.reset_mode,
+    }
+
+
+def contract_obs_fn(cfg: RLConfig, params: Any) -> Callable[[dict], dict]:
+    """The jit-able map of a jax_racecar observation to the agent's Contract-1 input (radar/IR zeros, invalid)."""
     spec = gym_wrapper.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
     grid = transforms.BevGrid()
 
@@ -182,6 +184,15 @@ def racing_env(cfg: RLConfig, reset_mode: str | None = None) -> tuple[ppo.JaxEnv
         sample = {k: v for k, v in sample.items() if k != "timestamp"}
         return {**sample, "valid": valid}
 
+    return obs_fn
+
+
+def racing_env(cfg: RLConfig, reset_mode: str | None = None) -> tuple[ppo.JaxEnv, Any]:
+    """The pure-JAX racing env as the engine sees it: functional reset/step bound to its params, observations
+    mapped to Contract 1 inside jit."""
+    settings = {**env_settings(cfg), "reset_mode": reset_mode or cfg.env.reset_mode}
+    params = jax_racecar.make_params(cfg.env.track or "default", **settings)
+    obs_fn = contract_obs_fn(cfg, params)
     env = ppo.JaxEnv(
         reset=lambda key: jax_racecar.reset(key, params),
         step=lambda key, state, action: jax_racecar.step(key, state, action, params),
@@ -489,24 +500,59 @@ def write_gif(path: Path, walls: np.ndarray, poses: np.ndarray, frame_every: int
 # --------------------------------------------------------------------------------------------- eval mode
 
 
+def restore_state(s: Setup, step: int | None = None) -> tuple[ppo.TrainState, int]:
+    """The train state saved at `step` (default latest) in the run `s.cfg` names, and that step."""
+    out = run_dir(s.cfg)
+    engine = s.bundle.make_engine(s.learner)
+    state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(s.cfg.run.seed))
+    template: Any = (
+        engine.init(state, jax.random.PRNGKey(s.cfg.run.seed + 1))
+        if isinstance(engine, ppo.JaxEngine)
+        else state
+    )
+    ckpt = Checkpointer(out / "ckpt", save_every=1, keep=s.cfg.ppo.keep_checkpoints)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        ckpt.close()
+        raise FileNotFoundError(f"{out / 'ckpt'}: no checkpoint in this run (train first)")
+    restored, _ = ckpt.restore(step, template)
+    ckpt.close()
+    return _state_of(restored), int(step)
+
+
+def load_policy(path: str | Path, step: int | None = None) -> tuple[Callable[[dict], jax.Array], RLConfig]:
+    """A jax_racecar run's deterministic policy (the squashed mean) restored from `path` (`runs/<name>`).
+
+    Returns (act, cfg): `act` maps ONE raw jax_racecar observation (no batch axis) to its [2] action and is
+    jit/vmap-able; `cfg` is the run's config, whose `env_settings` and track the caller's env must use.
+    """
+    path = Path(path)
+    toml = path / "config.toml"
+    if not toml.is_file():
+        raise FileNotFoundError(f"{path}: not a PPO run directory (no config.toml)")
+    cfg = config.load(RLConfig, toml)
+    if cfg.env.kind != "jax_racecar":
+        raise config.ConfigError(f"{toml}: env.kind = {cfg.env.kind!r}; a policy to load needs 'jax_racecar'")
+    if not (path / "ckpt").is_dir():
+        raise FileNotFoundError(f"{path / 'ckpt'}: no checkpoint in this run (train first)")
+    cfg = config.replace(cfg, run={"out_dir": str(path.parent), "name": path.name})
+    s = setup(cfg)
+    state, _ = restore_state(s, step)
+    env, _ = racing_env(cfg)
+    learner = s.learner
+
+    def act(env_obs: dict) -> jax.Array:
+        obs = jax.tree.map(lambda x: x[None], env.obs_fn(env_obs))
+        return learner.act_deterministic(state, obs)[0]
+
+    return act, cfg
+
+
 def evaluate_checkpoint(cfg: RLConfig, step: int | None = None, gif: bool | None = None) -> dict[str, Any]:
     """Restore a run's checkpoint, drive `eval.episodes` deterministic episodes, report (and GIF) them."""
     s = setup(cfg)
     out = run_dir(cfg)
-    engine = s.bundle.make_engine(s.learner)
-    state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(cfg.run.seed))
-    template: Any = (
-        engine.init(state, jax.random.PRNGKey(cfg.run.seed + 1))
-        if isinstance(engine, ppo.JaxEngine)
-        else state
-    )
-    ckpt = Checkpointer(out / "ckpt", save_every=1, keep=cfg.ppo.keep_checkpoints)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"{out / 'ckpt'}: no checkpoint to evaluate (train first)")
-    restored, _ = ckpt.restore(step, template)
-    ckpt.close()
-    state = _state_of(restored)
+    state, step = restore_state(s, step)
     rec = s.bundle.evaluate(s.learner, state, cfg.eval.episodes)
     figures = summarize_eval(rec, s.bundle.control_dt)
     figures["checkpoint"] = int(step)
