@@ -126,6 +126,12 @@ def test_metric_logger_averages_between_logs(tmp_path):
     logger.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in rows] == [(2, 2.0), (4, 6.0)]
+    strict = MetricLogger(tmp_path / "nan", total_steps=1, progress=False)
+    strict.log(1, {"loss": float("nan"), "lr": 0.5})
+    strict.close()
+    assert json.loads((tmp_path / "nan" / "metrics.jsonl").read_text()) | {"wall_s": 0} == {
+        "step": 1, "wall_s": 0, "loss": None, "lr": 0.5,
+    }  # strict JSON: a non-finite value is null, not NaN
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
 
     quiet = MetricLogger(tmp_path / "other", total_steps=4, enabled=False)

@@ -59,8 +59,11 @@ class MetricLogger:
             self.update(metrics)
         row = {k: float(avg.compute()) for k, avg in self._averages.items()}
         self._averages.clear()
-        record = {"step": int(step), "wall_s": round(time.perf_counter() - self._t0, 3), **row}
-        self._jsonl.write(json.dumps(record) + "\n")
+        # JSON has no NaN/Infinity: a metric without a finite value this interval (e.g. no lap finished yet,
+        # or the non-finite loss that stops a run) is written as null, so the file stays strict JSON.
+        finite = {k: v if math.isfinite(v) else None for k, v in row.items()}
+        record = {"step": int(step), "wall_s": round(time.perf_counter() - self._t0, 3), **finite}
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
         for key, value in row.items():
             if math.isfinite(value):

@@ -444,10 +444,10 @@ def plot_learning_curve(metrics_path: Path, png: Path, title: str) -> Path | Non
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    train = [
-        (r["env_steps"], r["episode/return"]) for r in rows if "episode/return" in r and "env_steps" in r
-    ]
-    evals = [(r["env_steps"], r["eval/return"]) for r in rows if "eval/return" in r and "env_steps" in r]
+    def series(key: str) -> list[tuple[float, float]]:
+        return [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None and "env_steps" in r]
+
+    train, evals = series("episode/return"), series("eval/return")
     if not train and not evals:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
