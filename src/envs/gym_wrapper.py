@@ -221,20 +221,15 @@ def _to_contract(env_obs: Mapping[str, Any], modalities: Any, grid: Any, spec: S
     return {**sample, "valid": valid}
 
 
-class ContractObsWrapper(gymnasium.Wrapper):
-    """A racecar_gym-style env seen as Contract-1 samples (no batch axis) with flat [motor, steering] actions."""
+class _ContractIO:
+    """reset/step of both wrappers: env observations -> Contract-1 samples, flat actions -> racecar_gym dicts."""
 
-    def __init__(
-        self, env: gymnasium.Env, modalities: Mapping[str, Any], grid: Any, spec: ScanSpec | None = None
-    ):
-        super().__init__(env)
-        self.modalities = dict(modalities)
-        self.grid = grid
-        self.scan_spec = spec or ScanSpec.from_env(env)
-        self.observation_space = contract_space(self.modalities)
-        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    env: Any
+    modalities: dict[str, Any]
+    grid: Any
+    scan_spec: ScanSpec
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
         return _to_contract(obs, self.modalities, self.grid, self.scan_spec), info
 
@@ -249,7 +244,21 @@ class ContractObsWrapper(gymnasium.Wrapper):
         )
 
 
-class ContractObsVectorWrapper(gymnasium.vector.VectorWrapper):
+class ContractObsWrapper(_ContractIO, gymnasium.Wrapper):
+    """A racecar_gym-style env seen as Contract-1 samples (no batch axis) with flat [motor, steering] actions."""
+
+    def __init__(
+        self, env: gymnasium.Env, modalities: Mapping[str, Any], grid: Any, spec: ScanSpec | None = None
+    ):
+        super().__init__(env)
+        self.modalities = dict(modalities)
+        self.grid = grid
+        self.scan_spec = spec or ScanSpec.from_env(env)
+        self.observation_space = contract_space(self.modalities)
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+class ContractObsVectorWrapper(_ContractIO, gymnasium.vector.VectorWrapper):
     """The same for a `gymnasium.vector` env (Sync or Async): batched samples [B, ...], actions [B, 2]."""
 
     def __init__(self, env: Any, modalities: Mapping[str, Any], grid: Any, spec: ScanSpec | None = None):
@@ -272,20 +281,6 @@ class ContractObsVectorWrapper(gymnasium.vector.VectorWrapper):
         except AttributeError:  # not our env (e.g. racecar_gym): its documented defaults
             return ScanSpec()
         return ScanSpec(cfg.lidar_rays, cfg.lidar_fov, cfg.lidar_range, height)
-
-    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None):
-        obs, info = self.env.reset(seed=seed, options=options)
-        return _to_contract(obs, self.modalities, self.grid, self.scan_spec), info
-
-    def step(self, actions: Any):
-        obs, reward, terminated, truncated, info = self.env.step(unflatten_action(actions))
-        return (
-            _to_contract(obs, self.modalities, self.grid, self.scan_spec),
-            reward,
-            terminated,
-            truncated,
-            info,
-        )
 
 
 # --------------------------------------------------------------------------------------------- host step

@@ -57,7 +57,8 @@ def _is_float(x: Any) -> bool:
 
 
 def rms_init(example: Any) -> RunningMeanStd:
-    """Stats for one sample (no batch axis); non-float leaves (validity flags) get placeholders and pass through."""
+    """Stats for one sample (no batch axis); non-float leaves (validity flags) keep mean 0 / var 1 and pass
+    through unnormalised."""
     zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), example)
     ones = jax.tree.map(lambda x: jnp.ones(jnp.shape(x), jnp.float32), example)
     return RunningMeanStd(zeros, ones, jnp.asarray(1e-4, jnp.float32))
