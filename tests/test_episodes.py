@@ -249,7 +249,7 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
         "default", **{**rl_agent.env_settings(cfg), "reset_mode": "random", "pose_noise": 0.0}
     )
     k_reset = jax.random.split(jax.random.split(jax.random.key(spec.seed), 1)[0], 3)[0]
-    obs, _ = sim.reset(k_reset, params)
+    obs, _ = jax.jit(lambda k: sim.reset(k, params))(k_reset)
     np.testing.assert_allclose(ep.pose[0], np.asarray(obs["pose"])[[0, 1, 5]], atol=1e-5)
     contract = jax.jit(jax.vmap(rl_agent.contract_obs_fn(cfg, params)))(jax.tree.map(lambda x: x[None], obs))
     expected = np.asarray(jax.jit(result.learner.act_deterministic)(result.state, contract))[0]
