@@ -444,6 +444,7 @@ def plot_learning_curve(metrics_path: Path, png: Path, title: str) -> Path | Non
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
+
     def series(key: str) -> list[tuple[float, float]]:
         return [(r["env_steps"], r[key]) for r in rows if r.get(key) is not None and "env_steps" in r]
 
