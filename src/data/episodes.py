@@ -250,15 +250,9 @@ def load_episodes(root: str | Path, on_error: str = "raise") -> tuple[list[Episo
 
 
 def ego_gps(pose: np.ndarray, velocity: np.ndarray, k: int) -> np.ndarray:
-    """Ego state -> the GPS vector Contract 1 carries, column layouts as in the simulator adapter."""
-    x, y, yaw = pose[..., 0], pose[..., 1], pose[..., 2]
+    """Episode ego state (pose x, y, yaw; velocity vx, vy, ...) -> Contract-1 gps [..., k]."""
     speed = np.hypot(velocity[..., 0], velocity[..., 1])
-    columns = {2: (x, y), 3: (x, y, yaw), 4: (x, y, yaw, speed), 5: (x, y, np.cos(yaw), np.sin(yaw), speed)}
-    if k not in columns:
-        raise ValueError(
-            f"model gps shape ({k},): supported 2 (x, y), 3 (+yaw), 4 (+speed), 5 (x, y, cos, sin, speed)"
-        )
-    return np.stack(columns[k], axis=-1).astype(np.float32)
+    return transforms.gps_vector(pose[..., 0], pose[..., 1], pose[..., 2], speed, k)
 
 
 def ego_imu(velocity: np.ndarray, acceleration: np.ndarray) -> np.ndarray:

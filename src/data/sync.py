@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from src.data.episodes import ego_gps
+from src.data.transforms import gps_vector
 
 NEAREST_SENSORS = ("rgb", "ir", "radar")
 
@@ -43,7 +43,7 @@ class SyncTable:
 
     timestamps: float64 [S] sweep times (s). index[sensor]: int64 [S] record index of that sensor used for each
     sweep (lidar: the sweep itself; -1 where invalid). valid[modality]: bool [S] for lidar, rgb, ir, radar, gps,
-    imu. gps: float32 [S, k] (east, north, heading, speed for k = 4; see `episodes.ego_gps` for other k),
+    imu. gps: float32 [S, k] (east, north, heading, speed for k = 4; see `transforms.gps_vector` for other k),
     imu: float32 [S, 6] (gyro x, y, z rad/s, accel x, y, z m/s^2); both zeros where invalid.
     """
 
@@ -196,9 +196,8 @@ def sync_sequence(
         en, heading, speed, valid["gps"] = gps_track(
             lidar_t, t[knots], np.asarray(gps_imu.enu)[knots], gps_max_gap, gps_max_speed
         )
-        pose = np.stack([en[:, 0], en[:, 1], heading], axis=-1)
-        velocity = np.stack([speed * np.cos(heading), speed * np.sin(heading)], axis=-1)
-        gps = np.where(valid["gps"][:, None], ego_gps(pose, velocity, gps_dim), np.float32(0.0))
+        track = gps_vector(en[:, 0], en[:, 1], heading, speed, gps_dim)
+        gps = np.where(valid["gps"][:, None], track, np.float32(0.0))
         rates = np.concatenate([np.asarray(gps_imu.gyro), np.asarray(gps_imu.accel)], axis=-1)[ok]
         imu_values, valid["imu"] = interpolate(lidar_t, t[ok], rates, imu_max_gap)
         imu = imu_values.astype(np.float32)

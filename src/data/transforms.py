@@ -108,6 +108,17 @@ class BevGrid:
 # --------------------------------------------------------------------------------------------- point clouds
 
 
+def gps_vector(x: Any, y: Any, yaw: Any, speed: Any, k: int, xp: Any = np) -> Any:
+    """Contract-1 `gps` [..., k] from a planar ego state: the one column layout shared by CMHT sync, episodes and
+    the simulators (2: x, y; 3: + yaw; 4: + speed; 5: x, y, cos yaw, sin yaw, speed). `xp` is np or jnp."""
+    columns = {2: (x, y), 3: (x, y, yaw), 4: (x, y, yaw, speed), 5: (x, y, xp.cos(yaw), xp.sin(yaw), speed)}
+    if k not in columns:
+        raise ValueError(
+            f"model gps shape ({k},): supported 2 (x, y), 3 (+yaw), 4 (+speed), 5 (x, y, cos, sin, speed)"
+        )
+    return xp.stack(columns[k], axis=-1).astype(xp.float32)
+
+
 def _field(points: Mapping[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray | None:
     lower = {k.lower(): k for k in points}
     for n in names:

@@ -108,19 +108,9 @@ def scan_sequence(ranges: np.ndarray, length: int, max_range: float) -> np.ndarr
 
 
 def _gps(pose: np.ndarray, velocity: np.ndarray, k: int, xp: Any = np) -> Any:
-    x, y, yaw = pose[..., 0], pose[..., 1], pose[..., 5]
+    """racecar_gym pose (x, y, z, roll, pitch, yaw) and velocity -> Contract-1 gps [..., k]."""
     speed = xp.sqrt(velocity[..., 0] ** 2 + velocity[..., 1] ** 2)
-    columns = {
-        2: (x, y),
-        3: (x, y, yaw),
-        4: (x, y, yaw, speed),
-        5: (x, y, xp.cos(yaw), xp.sin(yaw), speed),
-    }
-    if k not in columns:
-        raise ValueError(
-            f"model gps shape ({k},): supported 2 (x, y), 3 (+yaw), 4 (+speed), 5 (x, y, cos, sin, speed)"
-        )
-    return xp.stack(columns[k], axis=-1).astype(xp.float32)
+    return transforms.gps_vector(pose[..., 0], pose[..., 1], pose[..., 5], speed, k, xp)
 
 
 def _imu(velocity: np.ndarray, acceleration: np.ndarray, xp: Any = np) -> Any:
