@@ -73,6 +73,17 @@ def _fix(t, lat, lon, status=0):
     )  # fmt: skip
 
 
+def _write_bag(path, msgs):
+    """Write (topic, msgtype, time s, message) tuples as a ROS2 bag, in time order, one connection a topic."""
+    with Writer(path, version=9) as writer:
+        conns = {}
+        for topic, msgtype, t, msg in sorted(msgs, key=lambda m: m[2]):
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=rosbag.TYPESTORE)
+            writer.write(conns[topic], int(t * 1e9), rosbag.TYPESTORE.serialize_cdr(msg, msgtype))
+    return path
+
+
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory):
     path = tmp_path_factory.mktemp("bags") / "drive"
@@ -94,13 +105,7 @@ def bag(tmp_path_factory):
              ("/gps/fix", rosbag.NAVSATFIX, 100.22, _fix(100.22, *FIXES[1])),
              ("/gps/fix", rosbag.NAVSATFIX, 100.31, _fix(100.31, 0.0, 0.0, status=-1))]  # fmt: skip
     msgs += [("/diagnostics_blob", "std_msgs/msg/String", 100.0, T["std_msgs/msg/String"](data="x"))]
-    with Writer(path, version=9) as writer:
-        conns = {}
-        for topic, msgtype, t, msg in sorted(msgs, key=lambda m: m[2]):
-            if topic not in conns:
-                conns[topic] = writer.add_connection(topic, msgtype, typestore=rosbag.TYPESTORE)
-            writer.write(conns[topic], int(t * 1e9), rosbag.TYPESTORE.serialize_cdr(msg, msgtype))
-    return path
+    return _write_bag(path, msgs)
 
 
 def test_topics_map_by_message_type():
@@ -221,13 +226,7 @@ def write_drive_bag(path):
             angular_velocity=v3(x=gyro[0], y=gyro[1], z=gyro[2]), angular_velocity_covariance=np.zeros(9),
             linear_acceleration=v3(x=acc[0], y=acc[1], z=acc[2]), linear_acceleration_covariance=np.zeros(9))))  # fmt: skip
     msgs += [("/fix", rosbag.NAVSATFIX, t, _fix(t, *f)) for t, f in zip(CONV_T["gps"], CONV_FIXES)]
-    with Writer(path, version=9) as writer:
-        conns = {}
-        for topic, msgtype, t, msg in sorted(msgs, key=lambda m: m[2]):
-            if topic not in conns:
-                conns[topic] = writer.add_connection(topic, msgtype, typestore=rosbag.TYPESTORE)
-            writer.write(conns[topic], int(t * 1e9), rosbag.TYPESTORE.serialize_cdr(msg, msgtype))
-    return path
+    return _write_bag(path, msgs)
 
 
 @pytest.fixture(scope="module")
