@@ -572,6 +572,7 @@ def inspect_sequence(
     info: dict[str, Any] = {"name": seq.name, "path": str(seq.path)}
     info["sensors"] = {name: stream_stats(s.timestamps) for name, s in seq.streams.items()}
     seen = len(report.problems)
+    g = None
     if "gps_imu" in seq.streams:
         g = seq.gps_imu()
         info["gps_imu"] = {
@@ -599,7 +600,7 @@ def inspect_sequence(
                 except CMHTFormatError as e:
                     report.add(str(e), name)
     try:
-        info["valid_after_sync"] = pipeline.sync_sequence(seq, data_cfg, gps_dim=4).valid_counts()
+        info["valid_after_sync"] = pipeline.sync_sequence(seq, data_cfg, gps_dim=4, gps_imu=g).valid_counts()
     except (OSError, ValueError) as e:
         report.add(str(e) if str(e).startswith(str(seq.path)) else f"{seq.path}: cannot sync: {e}")
         info["valid_after_sync"] = None

@@ -81,12 +81,18 @@ class Record:
     valid: dict[str, bool]  # sync validity of every configured modality
 
 
-def sync_sequence(seq: cmht.Sequence, data_cfg: DataConfig, gps_dim: int) -> sync.SyncTable:
-    """The sync table of one sequence (LiDAR is the master clock; GPS/IMU absent = invalid throughout)."""
+def sync_sequence(
+    seq: cmht.Sequence, data_cfg: DataConfig, gps_dim: int, gps_imu: cmht.GpsImu | None = None
+) -> sync.SyncTable:
+    """The sync table of one sequence (LiDAR is the master clock; GPS/IMU absent = invalid throughout).
+
+    `gps_imu`: the sequence's records when the caller has read them already (reading again would re-read every
+    record file and report each bad record a second time); None reads them here."""
     if "lidar" not in seq.streams:
         raise cmht.CMHTFormatError(f"{seq.path}: no lidar stream, which is the master clock of a sample")
     others = {s: seq.streams[s].timestamps for s in sync.NEAREST_SENSORS if s in seq.streams}
-    gps_imu = seq.gps_imu() if "gps_imu" in seq.streams else None
+    if gps_imu is None and "gps_imu" in seq.streams:
+        gps_imu = seq.gps_imu()
     return sync.sync_sequence(
         seq.streams["lidar"].timestamps, others, gps_imu, gps_dim=gps_dim, **sync.sync_kwargs(data_cfg)
     )
