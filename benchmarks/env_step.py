@@ -1,22 +1,28 @@
 """Env steps/s: the PyBullet env (one process) vs the pure-JAX env under jit with 1 .. 4096 parallel envs.
 
-Prints figures, asserts nothing. The JAX env runs `--steps` control steps inside one jitted lax.scan (auto-reset
-on, constant random actions per env), timed after a compile run; lidar with 1080 rays, then lidar + 64x64 camera.
-    uv run python benchmarks/env_step.py [--envs 1,64,1024,4096] [--steps 50] [--bullet-steps 200]
+Prints figures, asserts nothing. PyBullet steps one car with random actions. The JAX env runs `--steps` control
+steps inside one jitted lax.scan (auto-reset on, constant random actions per env), timed after a compile run.
+Each figure is the median of `--repeats` timed runs; lidar with 1080 rays, then lidar + 64x64 camera. The env
+axis is sharded over `--cpu-devices` JAX CPU devices (default: one per core; XLA runs this workload on one
+thread per device), so that a batch uses the whole CPU.
+    uv run python benchmarks/env_step.py [--envs 1,64,1024,4096] [--steps 50] [--repeats 5] [--cpu-devices N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from functools import partial
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from src.envs import jax_racecar as jr
 
 
-def bullet_sps(steps: int, camera: bool) -> float | None:
+def bullet_sps(steps: int, camera: bool, repeats: int) -> float | None:
     try:
         from src.envs.bullet_racecar import BulletRaceEnv
     except ImportError as e:
@@ -25,35 +31,49 @@ def bullet_sps(steps: int, camera: bool) -> float | None:
     env = BulletRaceEnv("default", camera=camera)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        a = rng.uniform(-1, 1, 2).astype(np.float32)
-        _, _, term, trunc, _ = env.step({"motor": a[:1], "steering": a[1:]})
-        if term or trunc:
-            env.reset()
-    sps = steps / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            a = rng.uniform(-1, 1, 2).astype(np.float32)
+            _, _, term, trunc, _ = env.step({"motor": a[:1], "steering": a[1:]})
+            if term or trunc:
+                env.reset()
+        rates.append(steps / (time.perf_counter() - t0))
     env.close()
-    return sps
+    return float(np.median(rates))
 
 
-def jax_sps(params: jr.EnvParams, num_envs: int, steps: int) -> float:
+def jax_sps(params: jr.EnvParams, num_envs: int, steps: int, repeats: int) -> float:
+    devices = jax.devices()
+    devices = devices[: max(d for d in range(1, len(devices) + 1) if num_envs % d == 0)]
+    mesh = Mesh(np.asarray(devices), ("env",))
+    envs = PartitionSpec("env")
     vstep = jax.vmap(jr.step, in_axes=(0, 0, 0, None))
 
     @jax.jit
-    def rollout(key, state, actions):
+    @partial(jax.shard_map, mesh=mesh, in_specs=(envs, envs, envs), out_specs=envs, check_vma=False)
+    def rollout(keys, state, actions):  # each device steps its own envs
         def body(s, k):
-            obs, s, r, term, trunc, _ = vstep(jax.random.split(k, num_envs), s, actions, params)
-            return s, r.sum() + obs["lidar"][:, 0].sum()
+            obs, s, r, term, trunc, _ = vstep(k, s, actions, params)
+            return s, r + obs["lidar"][:, 0]
 
-        return jax.lax.scan(body, state, jax.random.split(key, steps))
+        return jax.lax.scan(body, state, jax.vmap(lambda k: jax.random.split(k, steps), out_axes=1)(keys))[1]
 
-    keys = jax.random.split(jax.random.key(0), num_envs)
+    shard = NamedSharding(mesh, envs)
+    keys = jax.device_put(jax.random.split(jax.random.key(0), num_envs), shard)
     _, state = jax.jit(jax.vmap(jr.reset, in_axes=(0, None)))(keys, params)
-    actions = jax.random.uniform(jax.random.key(1), (num_envs, 2), minval=-0.2, maxval=1.0)
-    jax.block_until_ready(rollout(jax.random.key(2), state, actions))  # compile
-    t0 = time.perf_counter()
-    jax.block_until_ready(rollout(jax.random.key(3), state, actions))
-    return num_envs * steps / (time.perf_counter() - t0)
+    actions = jax.device_put(
+        jax.random.uniform(jax.random.key(1), (num_envs, 2), minval=-0.2, maxval=1.0), shard
+    )
+    jax.block_until_ready(rollout(keys, state, actions))  # compile
+    times = []
+    for r in range(repeats):
+        keys = jax.device_put(jax.random.split(jax.random.key(3 + r), num_envs), shard)
+        t0 = time.perf_counter()
+        jax.block_until_ready(rollout(keys, state, actions))
+        times.append(time.perf_counter() - t0)
+    return num_envs * steps / float(np.median(times))
 
 
 def main() -> None:
@@ -62,19 +82,24 @@ def main() -> None:
     )
     parser.add_argument("--envs", default="1,64,1024,4096")
     parser.add_argument("--steps", type=int, default=50, help="control steps per timed JAX rollout")
-    parser.add_argument("--bullet-steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each; the median counts")
+    parser.add_argument("--bullet-steps", type=int, default=400)
     parser.add_argument("--no-bullet", action="store_true")
+    parser.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} device(s))")
     results: dict[str, dict[str, float | None]] = {}
     for label, camera in (("lidar", False), ("lidar+camera64", True)):
         row: dict[str, float | None] = {}
         row["bullet"] = (
-            None if args.no_bullet else bullet_sps(args.bullet_steps // (4 if camera else 1), camera)
+            None
+            if args.no_bullet
+            else bullet_sps(args.bullet_steps // (4 if camera else 1), camera, args.repeats)
         )
         params = jr.make_params("default", lidar_rays=1080, camera=camera, auto_reset=True)
         for n in (int(v) for v in args.envs.split(",")):
-            row[f"jax x{n}"] = jax_sps(params, n, args.steps)
+            row[f"jax x{n}"] = jax_sps(params, n, args.steps, args.repeats)
         results[label] = row
         print(f"{label}:")
         for k, v in row.items():
