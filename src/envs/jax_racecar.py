@@ -171,10 +171,11 @@ def _corners(grid: np.ndarray) -> np.ndarray:
     return np.stack([g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]], -1).reshape(-1, 4)
 
 
-def _ray_depth(walls: np.ndarray, track: Track, max_range: float, window: float) -> float:
-    """Pairs per ray to sweep in one chunk of `cast_rays`: 1.1 x the largest mean number of sensor-facing
-    in-range segments over any `window`-wide fan, seen from poses across the track (centreline and +-60 % of
-    the half-widths). `walls` are oriented (track on the left). Poses that see more take a second chunk."""
+def _ray_depth(walls: np.ndarray, track: Track, max_range: float, windows: tuple[float, ...]) -> list[float]:
+    """Pairs per ray to sweep in one chunk of `cast_rays`, for fans `windows` rad wide: 1.1 x the largest mean
+    number of sensor-facing in-range segments over any such fan, seen from poses across the track (centreline
+    and +-60 % of the half-widths). `walls` are oriented (track on the left). Poses that see more take a
+    second chunk."""
     t = np.roll(track.centreline, -1, 0) - np.roll(track.centreline, 1, 0)
     n = np.stack([-t[:, 1], t[:, 0]], 1) / np.linalg.norm(t, axis=1, keepdims=True)
     origins = np.concatenate(
@@ -197,9 +198,12 @@ def _ray_depth(walls: np.ndarray, track: Track, max_range: float, window: float)
     np.add.at(diff, (rows[keep], stop[keep]), -1.0)
     depth = np.cumsum(diff, 1)
     depth = depth[:, :bins] + depth[:, bins : 2 * bins]  # fold the wrap-around
-    w = max(int(round(window / (2 * np.pi) * bins)), 1)
-    sums = np.cumsum(np.concatenate([depth, depth[:, :w]], 1), 1)
-    return float(1.1 * ((sums[:, w:] - sums[:, :-w]) / w).max())
+    out = []
+    for window in windows:
+        w = max(int(round(window / (2 * np.pi) * bins)), 1)
+        sums = np.cumsum(np.concatenate([depth, depth[:, :w]], 1), 1)
+        out.append(float(1.1 * ((sums[:, w:] - sums[:, :-w]) / w).max()))
+    return out
 
 
 def make_params(
@@ -262,9 +266,11 @@ def make_params(
     left_wall = idx < n_left
     oriented = np.where(left_wall[:, None], walls[:, [2, 3, 0, 1]], walls)
     get = {f.name: f.default for f in dataclasses.fields(EnvParams)} | settings
-    for key, fov in (("ray_depth", get["lidar_fov"]), ("camera_ray_depth", np.deg2rad(get["camera_fov"]))):
-        if not get[key]:
-            settings[key] = _ray_depth(oriented, track, get["lidar_range"], fov)
+    fans = {"ray_depth": get["lidar_fov"], "camera_ray_depth": np.deg2rad(get["camera_fov"])}
+    unset = [key for key in fans if not get[key]]  # the camera's too: `camera()` works without `camera=True`
+    if unset:
+        depths = _ray_depth(oriented, track, get["lidar_range"], tuple(fans[k] for k in unset))
+        settings.update(zip(unset, depths))
 
     f32 = jnp.float32
     return EnvParams(
@@ -360,7 +366,7 @@ class Fan:
 
     def angles(self) -> np.ndarray:
         if self.pinhole:
-            return np.arctan((np.arange(self.n) + 0.5 - self.n / 2) / self._focal())
+            return np.arctan((np.arange(self.n) + 0.5 - self.n / 2) / self.focal())
         return np.linspace(-self.fov / 2, self.fov / 2, self.n)
 
     def index(self, psi: jax.Array) -> jax.Array:
@@ -368,14 +374,14 @@ class Fan:
         clipped to [-1, n] (out of the fan)."""
         if self.pinhole:
             tan = jnp.tan(jnp.clip(psi, -1.5, 1.5))  # beyond +-86 deg is outside any pinhole fan
-            x = tan * self._focal() + self.n / 2 - 0.5
+            x = tan * self.focal() + self.n / 2 - 0.5
             x = jnp.where(jnp.abs(psi) < 1.5, x, jnp.where(psi > 0, self.n, -1.0))
         else:
             x = (psi + self.fov / 2) * ((self.n - 1) / self.fov)
         return jnp.clip(x, -1.0, float(self.n))
 
-    def _focal(self) -> float:
-        return (self.n / 2) / np.tan(self.fov / 2)
+    def focal(self) -> float:
+        return (self.n / 2) / np.tan(self.fov / 2)  # in pixels, for a pinhole fan
 
 
 def cast_rays(
@@ -565,9 +571,9 @@ WALL_COLOURS = ((210.0, 60.0, 50.0), (225.0, 225.0, 225.0))  # left wall, right 
 def camera(params: EnvParams, state: EnvState) -> jax.Array:
     """Forward camera [H, W, 3] uint8: one ray per column; the wall spans the rows between the projections of
     its bottom and top edge at the hit depth; colours dim with distance."""
-    h, w = params.camera_height, params.camera_width
+    h = params.camera_height
     fan = camera_fan(params)
-    focal = (w / 2) / np.tan(fan.fov / 2)
+    focal = fan.focal()
     origin = _sensor_origin(params, state, params.camera_offset)
     r, seg = cast_rays(params, origin, state.yaw, fan, params.lidar_range)
     r, seg = r[::-1], seg[::-1]  # the fan runs right to left, image columns left to right
