@@ -181,7 +181,7 @@ def test_lidar_equals_brute_force_on_every_bundled_track(name):
     walls = track.walls().astype(np.float64)
     rng = np.random.default_rng(0)
     lidar = jr.lidar_fan(p)
-    camera = jr.Fan(64, np.deg2rad(90.0), pinhole=True)
+    camera = jr.camera_fan(p)
     cast = jax.jit(lambda o, h, fan: jr.cast_rays(p, o, h, fan, 15.0), static_argnums=2)
     errs = []
     for _ in range(24):
