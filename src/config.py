@@ -104,7 +104,8 @@ class DataConfig:
     shuffle: bool = True
     # LiDAR-clock sync (src/data/sync.py): per-sensor nearest-neighbour tolerance in s (rgb/ir/radar; absent =
     # half that sensor's median period), the widest gap GPS change points / IMU records are interpolated across
-    # (and extrapolated beyond the ends), and the GPS segment speed (m/s) above which a fix jump is not motion.
+    # (IMU: extrapolated that far beyond the ends; GPS: the edge fix is held 1 s, never extrapolated), and the GPS
+    # segment speed (m/s) above which a fix jump is not motion.
     sync_tolerance: dict[str, float] = dataclasses.field(default_factory=dict)
     sync_gps_max_gap: float = 10.0
     sync_imu_max_gap: float = 1.0

@@ -51,17 +51,33 @@ def test_gps_interpolates_between_change_points_not_held_records():
     assert table.valid["gps"].all()
 
 
-def test_gps_invalid_beyond_the_gap_and_across_wide_brackets():
+def test_gps_invalid_beyond_the_hold_and_across_wide_brackets():
     g = _held_gps()  # knots at 0, 4, 8 only
-    # 9 s is 1 s past the last knot (extrapolated along the last segment), 13 s is 5 s past it, -0.5 before.
+    # -0.5 s and 9 s are within the 1 s hold of the first/last fix (held, speed 0), 13 s is 5 s past the last
     table = sync.sync_sequence(np.array([-0.5, 9.0, 13.0]), {}, g, gps_max_gap=2.0)
     np.testing.assert_array_equal(table.valid["gps"], [True, True, False])
-    np.testing.assert_allclose(table.gps[1, :2], [40.0, 37.5], atol=1e-5)
-    np.testing.assert_allclose(table.gps[0, :2], [-5.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(table.gps[0], [0.0, 0.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(table.gps[1], [40.0, 30.0, np.pi / 2, 0.0], atol=1e-5)
     np.testing.assert_array_equal(table.gps[2], 0.0)
     # a gap of 3 s between knots 0 and 4 is too wide to bridge
     narrow = sync.sync_sequence(np.array([2.0, 6.0]), {}, g, gps_max_gap=3.0)
     np.testing.assert_array_equal(narrow.valid["gps"], [False, False])
+
+
+def test_gps_holds_the_last_fix_of_a_sequence_that_ends_stationary():
+    """The fix stops changing at t = 8 while records go on to t = 20 (the car stopped): no sweep after the stop
+    may move on along the last segment (north at 7.5 m/s): each is the last fix with speed 0, or invalid."""
+    g = _held_gps()
+    sweeps = 8.0 + 0.1 * np.arange(1, 121)  # 8.1 .. 20 s
+    table = sync.sync_sequence(sweeps, {}, g)  # default gps_max_gap = 10 s, far longer than the hold
+    ok = table.valid["gps"]
+    np.testing.assert_array_equal(ok, sweeps <= 8.0 + sync.GPS_HOLD_S + 1e-9)
+    np.testing.assert_allclose(table.gps[ok, :2], np.broadcast_to([40.0, 30.0], (int(ok.sum()), 2)), atol=1e-5)
+    np.testing.assert_array_equal(table.gps[ok, 3], 0.0)
+    np.testing.assert_array_equal(table.gps[~ok], 0.0)
+    longer = sync.sync_sequence(sweeps, {}, g, gps_hold=20.0)  # a longer hold keeps the fix, still no drift
+    assert longer.valid["gps"].all()
+    np.testing.assert_allclose(longer.gps[:, :2], np.broadcast_to([40.0, 30.0], (len(sweeps), 2)), atol=1e-5)
 
 
 def test_imu_gap_and_fix_jump():

@@ -6,9 +6,14 @@ Rules (all vectorised with `np.searchsorted`):
   the knots are the records where the fix changes (plus the first valid record), and the position is interpolated
   between those change points. Heading (ENU yaw: 0 = east, counter-clockwise) and speed come from the knot
   segment the sweep falls in; a standing segment keeps the last heading seen while moving.
-- Interpolation never bridges or reaches further than a gap: a bracket of knots wider than `max_gap`, or a sweep
-  more than `max_gap` beyond the first/last knot (linearly extrapolated from the edge segment up to there), gives
-  an invalid sample. A GPS segment faster than `gps_max_speed` (a fix jump, not motion) is invalid too.
+- Interpolation never bridges a gap: a bracket of knots wider than `max_gap` gives an invalid sample. A GPS segment
+  faster than `gps_max_speed` (a fix jump, not motion) is invalid too.
+- GPS is never extrapolated. Before the first and after the last change point the edge fix is held (speed 0,
+  heading as on the edge segment) for at most `gps_hold` seconds (default `GPS_HOLD_S` = 1 s); further out the
+  sample's GPS is invalid. Whether the car stopped or its receiver has not updated yet cannot be told from the
+  records, so a held fix is only trusted briefly (at 12 m/s a 1 s old fix is at most 12 m stale), and a car that
+  stops at the end of a sequence never drifts on along its last segment.
+- IMU records outside the first/last record are linearly extrapolated from the edge pair up to `imu_max_gap`.
 - Cameras and radar: the nearest record within a tolerance (default: half that sensor's median period), else
   that modality is invalid for the sample.
 """
@@ -24,6 +29,7 @@ import numpy as np
 from src.data.transforms import gps_vector
 
 NEAREST_SENSORS = ("rgb", "ir", "radar")
+GPS_HOLD_S = 1.0  # seconds a GPS fix is held beyond the first/last change point (module docstring)
 
 
 class GpsImuLike(Protocol):
@@ -129,18 +135,29 @@ def gps_knots(fix_changed: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def gps_track(
-    t_query: np.ndarray, t_knots: np.ndarray, enu_knots: np.ndarray, max_gap: float, max_speed: float
+    t_query: np.ndarray,
+    t_knots: np.ndarray,
+    enu_knots: np.ndarray,
+    max_gap: float,
+    max_speed: float,
+    hold: float = GPS_HOLD_S,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(east-north [Q, 2], heading [Q], speed [Q], valid [Q]) interpolated between GPS change points."""
+    """(east-north [Q, 2], heading [Q], speed [Q], valid [Q]) interpolated between GPS change points; outside
+    them the edge fix is held (speed 0) for at most `hold` seconds (module docstring), never extrapolated."""
     t_query = np.asarray(t_query, np.float64)
     t_knots = np.asarray(t_knots, np.float64)
     enu_knots = np.asarray(enu_knots, np.float64).reshape(-1, 2)
     q = len(t_query)
     if len(t_knots) == 0:
         return np.zeros((q, 2)), np.zeros(q), np.zeros(q), np.zeros(q, np.bool_)
-    pos, valid = interpolate(t_query, t_knots, enu_knots, max_gap)
+    inside = (t_query >= t_knots[0]) & (t_query <= t_knots[-1])
+    beyond = np.maximum(t_knots[0] - t_query, t_query - t_knots[-1])
+    edge = np.where(t_query < t_knots[0], 0, len(t_knots) - 1)
+    between, valid = interpolate(t_query, t_knots, enu_knots, max_gap)
+    pos = np.where(inside[:, None], between, enu_knots[edge])
+    valid = np.where(inside, valid, beyond <= hold)
     if len(t_knots) == 1:  # a single fix: position known near it, motion unknown
-        return pos, np.zeros(q), np.zeros(q), valid
+        return np.where(valid[:, None], pos, 0.0), np.zeros(q), np.zeros(q), valid
     step = np.diff(enu_knots, axis=0)  # segment j goes from knot j to knot j + 1
     dist = np.hypot(step[:, 0], step[:, 1])
     seg_speed = dist / np.diff(t_knots)
@@ -154,7 +171,7 @@ def gps_track(
     return (
         np.where(zero[:, None], 0.0, pos),
         np.where(zero, 0.0, seg_heading[left]),
-        np.where(zero, 0.0, seg_speed[left]),
+        np.where(zero | ~inside, 0.0, seg_speed[left]),
         valid,
     )
 
@@ -169,6 +186,7 @@ def sync_sequence(
     gps_max_gap: float = 10.0,
     imu_max_gap: float = 1.0,
     gps_max_speed: float = 80.0,
+    gps_hold: float = GPS_HOLD_S,
 ) -> SyncTable:
     """Align one sequence to its LiDAR sweeps (times `lidar_t`, seconds, increasing).
 
@@ -194,7 +212,7 @@ def sync_sequence(
         ok = np.asarray(gps_imu.valid, np.bool_)
         knots = gps_knots(gps_imu.fix_changed, ok)
         en, heading, speed, valid["gps"] = gps_track(
-            lidar_t, t[knots], np.asarray(gps_imu.enu)[knots], gps_max_gap, gps_max_speed
+            lidar_t, t[knots], np.asarray(gps_imu.enu)[knots], gps_max_gap, gps_max_speed, gps_hold
         )
         track = gps_vector(en[:, 0], en[:, 1], heading, speed, gps_dim)
         gps = np.where(valid["gps"][:, None], track, np.float32(0.0))
