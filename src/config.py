@@ -141,7 +141,8 @@ class TrainingConfig:
     grad_clip: float = 1.0
     mask_ratio: float = 0.5
     dirichlet_alpha: float = 0.0
-    norm_pix_loss: bool = False
+    # modalities whose masked-modeling targets are normalised per patch (camera images; not sparse BEV grids)
+    norm_pix_loss: tuple[Literal["lidar", "rgb", "radar", "ir"], ...] = ("rgb", "ir")
     dtype: Literal["float32", "bfloat16"] = "float32"
     log_every: int = 10
     checkpoint_every: int = 50

@@ -34,14 +34,14 @@ def test_override_is_parsed_to_the_field_type():
         config.PretrainConfig,
         None,
         ["training.steps=7", "training.learning_rate=3e-4", "model.modalities.lidar.shape=[32, 32, 4]",
-         "run.name=abc", "training.norm_pix_loss=true"],
+         "run.name=abc", 'training.norm_pix_loss=["rgb"]'],
     )
     assert cfg.training.steps == 7 and isinstance(cfg.training.steps, int)
     assert cfg.training.learning_rate == pytest.approx(3e-4)
     assert cfg.model.modalities["lidar"].shape == (32, 32, 4)
     assert cfg.model.modalities["lidar"].patch_size == 0  # the other fields of the entry keep their defaults
     assert cfg.run.name == "abc"
-    assert cfg.training.norm_pix_loss is True
+    assert cfg.training.norm_pix_loss == ("rgb",)
 
 
 def test_integer_given_for_float_is_accepted_but_not_the_reverse():
@@ -59,7 +59,8 @@ def test_integer_given_for_float_is_accepted_but_not_the_reverse():
         ("model.pos_embedding=\"rope\"", r"model\.pos_embedding: 'rope' is not one of \['sincos', 'learned'\]"),
         ("model.modalities.sonar.shape=[3]", r"unknown modality \['sonar'\]"),
         ("model.modalities.lidar.shape=12", r"model\.modalities\.lidar\.shape: expected a list"),
-        ("training.norm_pix_loss=1", r"training\.norm_pix_loss: expected true/false"),
+        ("training.norm_pix_loss=true", r"training\.norm_pix_loss: expected a list"),
+        ('training.norm_pix_loss=["bev"]', r"training\.norm_pix_loss\[0\]: 'bev' is not one of"),
         ("training", r"expected section\.key=value"),
     ],
 )

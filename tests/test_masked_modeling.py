@@ -9,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+from src.config import TrainingConfig
 from src.models import Raceformer
 from src.models.encoders import patchify
 from src.training.objectives import masked_modeling_loss, sample_patch_masks
@@ -78,25 +79,25 @@ def test_loss_falls_and_compiles_once():
 def test_absent_modality_values_do_not_change_the_loss(model):
     batch = batch_with_gaps()
     key = jax.random.key(3)
-    loss, aux = loss_fn(model, batch, key, 0.5, 0.0, False)
+    loss, aux = loss_fn(model, batch, key, 0.5, 0.0, ())
     other = dict(batch)
     other["rgb"] = batch["rgb"].copy()
     other["rgb"][1] = 1e3 * np.random.default_rng(9).normal(size=batch["rgb"][1].shape)
     other["radar"] = batch["radar"].copy()
     other["radar"][2] = np.nan
-    loss2, aux2 = loss_fn(model, other, key, 0.5, 0.0, False)
+    loss2, aux2 = loss_fn(model, other, key, 0.5, 0.0, ())
     assert float(loss) == float(loss2)
     for k in aux:
         assert float(aux[k]) == float(aux2[k]), k
     # The same change with rgb present in sample 1 does change the loss...
     present = dict(other, valid={**other["valid"], "rgb": np.ones(3, bool)})
     base = dict(batch, valid=present["valid"])
-    assert float(loss_fn(model, base, key, 0.5, 0.0, False)[0]) != float(
-        loss_fn(model, present, key, 0.5, 0.0, False)[0]
+    assert float(loss_fn(model, base, key, 0.5, 0.0, ())[0]) != float(
+        loss_fn(model, present, key, 0.5, 0.0, ())[0]
     )
     # ...and so does a vector modality: always visible, it is context for every prediction.
     moved = dict(batch, gps=batch["gps"] + 1.0)
-    assert float(loss_fn(model, moved, key, 0.5, 0.0, False)[0]) != float(loss)
+    assert float(loss_fn(model, moved, key, 0.5, 0.0, ())[0]) != float(loss)
 
 
 @nnx.jit
@@ -112,7 +113,8 @@ def _predict(model, batch, valid, keep_idx, keep_mask):
 
 
 def _reference_loss(model, batch, key, mask_ratio, dirichlet_alpha, norm_pix):
-    """The loss recomputed with explicit loops over (sample, modality, patch): only masked patches count."""
+    """The loss recomputed with explicit loops over (sample, modality, patch): only masked patches count; the
+    targets of the modalities in `norm_pix` are normalised by their own mean and variance."""
     valid = {m: np.asarray(v) for m, v in batch["valid"].items()}
     mask_key, _ = jax.random.split(key)
     keep_idx, keep_mask = sample_patch_masks(
@@ -136,7 +138,7 @@ def _reference_loss(model, batch, key, mask_ratio, dirichlet_alpha, norm_pix):
                 if n in visible:
                     continue
                 t = target[b, n]
-                if norm_pix:
+                if m in norm_pix:
                     t = (t - t.mean()) / np.sqrt(t.var() + 1e-6)
                 errors.append(np.mean((pred[b, n] - t) ** 2))
             if errors:
@@ -147,12 +149,36 @@ def _reference_loss(model, batch, key, mask_ratio, dirichlet_alpha, norm_pix):
 def test_loss_counts_only_masked_patches(model):
     batch = batch_with_gaps(1)
     key = jax.random.key(11)
-    loss, _ = loss_fn(model, batch, key, 0.5, 1.0, True)
-    np.testing.assert_allclose(float(loss), _reference_loss(model, batch, key, 0.5, 1.0, True), rtol=1e-4)
+    loss, _ = loss_fn(model, batch, key, 0.5, 1.0, PATCH_MODS)
+    np.testing.assert_allclose(float(loss), _reference_loss(model, batch, key, 0.5, 1.0, PATCH_MODS), rtol=1e-4)
+
+
+def test_norm_pix_is_per_modality_and_spares_sparse_bev_grids(model):
+    """A BEV patch with one occupied cell: normalised per patch it becomes one sqrt(P - 1) outlier; the default
+    leaves BEV targets as they are (bounded by the cell's value) and still normalises the camera's patches."""
+    default = TrainingConfig().norm_pix_loss
+    assert set(default) == {"rgb", "ir"}
+    batch = batch_with_gaps(4)
+    bev = np.zeros((3, 8, 8, 1), np.float32)  # SMALL's radar: a BEV grid of 2 x 2 patches (P = 4 values)
+    bev[:, 3, 2, 0] = 1.0  # one occupied cell, in patch (1, 1)
+    batch["radar"] = bev
+    p = model.patch_size("radar")
+    raw = np.asarray(patchify(jnp.asarray(bev), p))
+    patch = raw[:, (3 // p) * (8 // p) + 2 // p]
+    normalised = (patch - patch.mean(-1, keepdims=True)) / np.sqrt(patch.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(np.abs(normalised).max(), np.sqrt(p * p - 1), rtol=1e-4)
+    key = jax.random.key(3)
+    loss, aux = loss_fn(model, batch, key, 0.5, 0.0, default)
+    np.testing.assert_allclose(float(loss), _reference_loss(model, batch, key, 0.5, 0.0, {"rgb"}), rtol=1e-4)
+    # the loss tells the settings apart: BEV normalised too, or the camera not normalised, would differ
+    for other in ({"rgb", "radar"}, set()):
+        assert abs(_reference_loss(model, batch, key, 0.5, 0.0, other) - float(loss)) > 1e-3 * float(loss)
+    with pytest.raises(TypeError, match="norm_pix_loss"):
+        masked_modeling_loss(model, batch, key, norm_pix_loss=True)
 
 
 def test_nothing_masked_gives_zero_loss_without_nan(model):
-    loss, aux = loss_fn(model, batch_with_gaps(), jax.random.key(0), 0.0, 0.0, False)
+    loss, aux = loss_fn(model, batch_with_gaps(), jax.random.key(0), 0.0, 0.0, ())
     assert float(loss) == 0.0
     assert float(aux["mask_fraction"]) == 0.0
     assert all(np.isfinite(float(v)) for v in aux.values())
@@ -191,7 +217,7 @@ def test_dirichlet_budget_is_fixed_and_split_between_present_modalities():
 
 def test_dirichlet_loss_runs_with_fixed_visible_count(model):
     batch = batch_with_gaps(2)
-    loss, aux = loss_fn(model, batch, jax.random.key(5), 0.5, 0.5, False)
+    loss, aux = loss_fn(model, batch, jax.random.key(5), 0.5, 0.5, ())
     assert np.isfinite(float(loss)) and float(loss) > 0
     # Budget 12 of 24 patches: samples 0 and 1 have room for all 12 (24 and 20 present patches), sample 2
     # (radar absent) only 4 + 4 = 8.

@@ -22,7 +22,11 @@ Choices, fixed here so that shapes stay static under jit:
 - Absent modalities (valid False) contribute neither tokens (key-masked or replaced by the fusion) nor loss.
 - The total loss is the mean over (sample, patch modality) pairs that are present and have at least one masked
   patch of that pair's mean squared error over its masked patches (every modality weighs the same, whatever
-  its patch count). `norm_pix_loss` normalises each target patch by its own mean and variance.
+  its patch count).
+- `norm_pix_loss` names the modalities whose target patches are normalised by their own mean and variance (MAE's
+  normalised-pixel target). It suits camera images, whose patches all carry texture; on a sparse BEV grid a patch
+  with one occupied cell becomes a single outlier of sqrt(P - 1) (about 30 for a 16 x 16 x 4 patch), so near-empty
+  patches would dominate the loss. The config default is therefore camera images only (`rgb`, `ir`).
 
 Contrastive and latent objectives on multi-camera episodes
 ----------------------------------------------------------
@@ -36,7 +40,7 @@ terms.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -115,9 +119,9 @@ def visible_positions(keep_idx: jax.Array, keep_mask: jax.Array, num_patches: in
     return jax.vmap(lambda e, i, k: e.at[i].set(k))(empty, keep_idx, keep_mask)
 
 
-def _patch_targets(x: jax.Array, patch_size: int, norm_pix_loss: bool) -> jax.Array:
+def _patch_targets(x: jax.Array, patch_size: int, normalise: bool) -> jax.Array:
     target = patchify(x.astype(jnp.float32), patch_size)
-    if norm_pix_loss:
+    if normalise:
         mean = target.mean(axis=-1, keepdims=True)
         var = target.var(axis=-1, keepdims=True)
         target = (target - mean) / jnp.sqrt(var + 1e-6)
@@ -131,10 +135,13 @@ def masked_modeling_loss(
     *,
     mask_ratio: float = 0.5,
     dirichlet_alpha: float = 0.0,
-    norm_pix_loss: bool = False,
+    norm_pix_loss: Collection[str] = (),
     deterministic: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MultiMAE loss of `model` on a Contract-1 `batch` (with batch["valid"]; missing = all present).
+
+    `norm_pix_loss`: the modalities whose targets are normalised per patch (module docstring); names of
+    modalities the model does not have are ignored, so one setting serves models with different inputs.
 
     `key` draws the masks and (when not deterministic) the dropout. Returns (loss, aux) with aux["loss/<m>"]
     the masked MSE of each patch modality over the samples where it is present (0 when it is absent
@@ -144,6 +151,10 @@ def masked_modeling_loss(
     mods = model.patch_modalities
     if not mods:
         raise ValueError("masked_modeling_loss: the model has no patch (image or sequence) modality to mask")
+    if isinstance(norm_pix_loss, bool | str):
+        raise TypeError(
+            f"masked_modeling_loss: norm_pix_loss={norm_pix_loss!r}; expected a collection of modality names"
+        )
     given = batch.get("valid", {})
     b = jnp.shape(batch[model.modalities[0]])[0]
     valid = {m: jnp.asarray(given[m], bool) if m in given else jnp.ones((b,), bool) for m in model.modalities}
@@ -172,7 +183,7 @@ def masked_modeling_loss(
         present = valid[m]
         x = jnp.asarray(batch[m])
         x = jnp.where(present.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
-        target = _patch_targets(x, model.patch_size(m), norm_pix_loss)
+        target = _patch_targets(x, model.patch_size(m), m in norm_pix_loss)
         visible = visible_positions(keep_idx[m], keep_mask[m], n)
         masked = (~visible & present[:, None]).astype(jnp.float32)
         err = jnp.mean(jnp.square(preds[m] - target), axis=-1)  # [B, N]
