@@ -58,6 +58,7 @@ def test_real_fixture_parses(real):
     )
     assert real.calib["rgb"]["extrinsic"][3].tolist() == [0, 0, 0, 1]
     assert real.calib["radar"]["translation"].tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(real.calib["radar"]["to_lidar"], np.eye(4))  # the sample: radar = LiDAR frame
     # labels: index -> file; an empty list is allowed
     assert min(real.labels) == 90 and max(real.labels) == 834 and len(real.labels) == 71
     assert cmht.read_labels(real.labels[834]) == []  # the sample's first empty label file
@@ -363,3 +364,15 @@ def test_pcd_interoperates_with_pypcd4(tmp_path, encoding):
     pypcd4.PointCloud.from_xyz_points(xyz).save(theirs, encoding=pypcd4.Encoding(encoding))
     got = cmht.read_pcd(theirs)
     np.testing.assert_array_equal(np.stack([got["x"], got["y"], got["z"]], axis=1), xyz)
+
+
+def test_radar_extrinsic_maps_radar_points_into_the_lidar_frame():
+    """calib/radar/*.json is the radar's pose in the LiDAR frame (SUSTechPOINTS): p_lidar = R p_radar + t with
+    R = Rx @ Ry @ Rz; a radar yawed 90 degrees left sees along the LiDAR's +y."""
+    m = cmht.radar_to_lidar([0.0, 0.0, np.pi / 2], [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(m @ [5.0, 0.0, 0.0, 1.0], [1.0, 7.0, 3.0, 1.0], atol=1e-12)
+    a, b, c = 0.1, -0.2, 0.3
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    np.testing.assert_allclose(cmht.radar_to_lidar([a, b, c], [0, 0, 0])[:3, :3], rx @ ry @ rz, atol=1e-12)

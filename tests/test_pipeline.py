@@ -8,6 +8,7 @@ the GPS fix moves north 1.85 m every third record.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from src.config import DataConfig, ModalityConfig, ModelConfig
-from src.data import cmht, pipeline
+from src.data import cmht, pipeline, transforms
 
 absl.flags.FLAGS.mark_as_parsed()  # Grain's spawned workers read absl flags
 
@@ -123,6 +124,24 @@ def test_source_samples_follow_contract_1(source):
         "gps": FRAMES,
         "imu": FRAMES,
     }
+
+
+def test_radar_is_moved_into_the_lidar_frame_with_the_sequence_calibration(root, tmp_path):
+    """With calib/radar/<name>.json the radar BEV is that of the points moved radar -> LiDAR; without it, of the
+    points as stored (already in the LiDAR frame)."""
+    seq = tmp_path / "calibrated"
+    shutil.copytree(root / "drive_test_clear_0" / "drive_test_1", seq)
+    (seq / "calib" / "radar").mkdir(parents=True)
+    pose = {"translation": [2.0, -1.0, -0.5], "coordinatesOffset": [0, 0, 0], "rotation": [0.0, 0.0, 0.4]}
+    (seq / "calib" / "radar" / "front_points.json").write_text(json.dumps(pose))
+    calibrated = pipeline.build_cmht_source(DataConfig(root=str(tmp_path)), MODEL)
+    plain = pipeline.build_cmht_source(DataConfig(root=str(root)), MODEL)
+    points = cmht.read_pcd(seq / "radar" / "front_points" / "00000004.pcd")
+    grid = pipeline.bev_grid(DataConfig(), SHAPES["radar"])
+    to_lidar = cmht.radar_to_lidar(pose["rotation"], pose["translation"])
+    np.testing.assert_array_equal(calibrated[4]["radar"], transforms.radar_bev(points, grid, to_lidar=to_lidar))
+    np.testing.assert_array_equal(plain[4]["radar"], transforms.radar_bev(points, grid))
+    assert not np.array_equal(calibrated[4]["radar"][..., 0], plain[4]["radar"][..., 0])
 
 
 def test_batch_format(source):

@@ -15,6 +15,9 @@ Conversions kept here so that every consumer agrees on them:
 - time: raw ms / 1000 -> float64 seconds (epoch unknown, not Unix time).
 - GPS: ddmm.mmmm -> decimal degrees -> local east/north metres on the WGS84 tangent plane at the first valid fix.
 - IMU: gyro as recorded (rad/s); accel G * 9.80665 m/s^2 with the raw sign (az ~ -9.8 at rest).
+- Sensor frames: LiDAR points and label boxes are in the LiDAR frame (x forward, y left, z up); radar PCDs are in
+  the radar's own frame and `calib/radar/<name>.json` gives the radar's pose in the LiDAR frame, so
+  p_lidar = R @ p_radar + translation (`radar_to_lidar`); camera extrinsics map LiDAR -> camera.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ __all__ = [
     "read_pcd",
     "read_sequence",
     "read_timestamps",
+    "radar_to_lidar",
     "report_problem",
     "stream_stats",
     "write_pcd",
@@ -318,7 +322,8 @@ def read_calib(calib_dir: Path, on_error: OnError = "raise", report: Report | No
     """calib/camera/<name>.json and calib/radar/<name>.json -> {sensor: {...}} with NumPy matrices.
 
     Cameras: {"extrinsic": [4, 4] LiDAR -> camera, "intrinsic": [3, 3], "name": file stem};
-    radar: {"translation": [3], "rotation": [3] Euler, "name": file stem}. Unknown names are ignored.
+    radar: {"translation": [3], "rotation": [3] Euler, "to_lidar": [4, 4] radar -> LiDAR (`radar_to_lidar`),
+    "name": file stem}. Unknown names are ignored.
     """
     calib: dict[str, Any] = {}
     for kind_dir in sorted(_children(calib_dir, dirs=True).items()):
@@ -353,7 +358,29 @@ def _calib_entry(path: Path, kind: str) -> dict[str, Any]:
                 f"{path}: calibration {key!r} needs {size} finite numbers, got {values.size}"
             )
         entry[key] = values.reshape(4, 4) if size == 16 else values.reshape(3, 3) if size == 9 else values
+    if kind == "radar":
+        entry["to_lidar"] = radar_to_lidar(entry["rotation"], entry["translation"])
     return entry
+
+
+def radar_to_lidar(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    """A radar calibration's (rotation [3] Euler x, y, z in rad, translation [3] m) -> [4, 4] radar -> LiDAR.
+
+    The file format is SUSTechPOINTS's (the annotation tool the CMHT layout comes from): its `translation` and
+    `rotation` are the pose of the radar in the LiDAR frame, which the tool applies to the radar's points to draw
+    them in the LiDAR scene, p_lidar = R @ p_radar + translation, with R = Rx(x) @ Ry(y) @ Rz(z) (its Euler
+    convention, that of its label boxes). The real sample's values are all zero (radar frame = LiDAR frame), so
+    they cannot tell the direction themselves; the tool's use of them does.
+    """
+    rx, ry, rz = (float(a) for a in np.asarray(rotation, np.float64).reshape(3))
+    cx, sx, cy, sy, cz, sz = math.cos(rx), math.sin(rx), math.cos(ry), math.sin(ry), math.cos(rz), math.sin(rz)
+    r_x = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    r_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    r_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    out = np.eye(4)
+    out[:3, :3] = r_x @ r_y @ r_z
+    out[:3, 3] = np.asarray(translation, np.float64).reshape(3)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- index

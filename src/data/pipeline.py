@@ -9,7 +9,9 @@ Batch format (what `build_pipeline` yields), for the modalities configured in `m
     lidar     float32 [B, H, W, 4]  BEV: occupancy, max height, mean intensity, log density
     rgb       float32 [B, H, W, 3]  front camera, resized, ImageNet-normalised
     ir        float32 [B, H, W, 1]  infrared, resized, min-max normalised per frame
-    radar     float32 [B, H, W, 3]  BEV: occupancy, mean radial velocity, mean RCS
+    radar     float32 [B, H, W, 3]  BEV: occupancy, mean radial velocity, mean RCS, on the LiDAR grid: the
+                                    points are moved from the radar's frame with calib/radar/<name>.json
+                                    (radar -> LiDAR, `cmht.radar_to_lidar`; no file = already LiDAR frame)
     gps       float32 [B, k]        east, north (m, local ENU), heading (rad), speed (m/s) for k = 4
     imu       float32 [B, 6]        gyro x, y, z (rad/s), accel x, y, z (m/s^2)
     valid     {modality: bool [B]}  False = absent for that sample (its array is zeros)
@@ -79,6 +81,7 @@ class Record:
     files: dict[str, str]  # modality -> file, only for file modalities with a synced record
     vectors: dict[str, np.ndarray]  # gps [k], imu [6]
     valid: dict[str, bool]  # sync validity of every configured modality
+    radar_to_lidar: np.ndarray | None = None  # [4, 4] the sequence's radar extrinsic; None = radar in LiDAR frame
 
 
 def sync_sequence(
@@ -107,10 +110,12 @@ class RecordTable:
         files: Sequence[Mapping[str, Sequence[str]]],
         tables: Sequence[sync.SyncTable],
         modalities: Sequence[str],
+        radar_to_lidar: Sequence[np.ndarray | None] | None = None,
     ):
         self.names = list(names)
         self.files = [{k: tuple(v) for k, v in f.items()} for f in files]
         self.tables = list(tables)
+        self.radar_to_lidar = list(radar_to_lidar) if radar_to_lidar is not None else [None] * len(self.tables)
         self.modalities = tuple(modalities)
         self.offsets = np.cumsum([0] + [len(t) for t in self.tables]).tolist()
 
@@ -136,7 +141,11 @@ class RecordTable:
             valid[m] = ok
         vectors = {"gps": table.gps[row], "imu": table.imu[row]}
         return Record(
-            float(table.timestamps[row]), paths, {k: vectors[k] for k in vectors if k in valid}, valid
+            float(table.timestamps[row]),
+            paths,
+            {k: vectors[k] for k in vectors if k in valid},
+            valid,
+            self.radar_to_lidar[s],
         )
 
     def valid_counts(self) -> dict[str, int]:
@@ -162,15 +171,16 @@ class DecodeSample(grain.transforms.Map):
         self.grids = {m: bev_grid(data_cfg, self.shapes[m]) for m in ("lidar", "radar") if m in self.shapes}
         self.skipped: collections.Counter[str] = collections.Counter()
 
-    def read(self, modality: str, path: str) -> np.ndarray:
-        """Decode one file into the model input of `modality` (raises on any defect)."""
+    def read(self, modality: str, path: str, radar_to_lidar: np.ndarray | None = None) -> np.ndarray:
+        """Decode one file into the model input of `modality` (raises on any defect); radar points are moved into
+        the LiDAR frame with `radar_to_lidar` (the sequence's extrinsic) before they are rasterised."""
         shape = self.shapes[modality]
         if modality == "lidar":
             return transforms.lidar_bev(cmht.read_pcd(path), self.grids["lidar"])
         if modality == "radar":
             v, r = self.radar_scales
             return transforms.radar_bev(
-                cmht.read_pcd(path), self.grids["radar"], velocity_scale=v, rcs_scale=r
+                cmht.read_pcd(path), self.grids["radar"], to_lidar=radar_to_lidar, velocity_scale=v, rcs_scale=r
             )
         if modality == "rgb":
             return transforms.rgb_input(path, shape)
@@ -187,7 +197,7 @@ class DecodeSample(grain.transforms.Map):
             if ok and m in FILE_MODALITIES:
                 path = record.files[m]
                 try:
-                    value = self.read(m, path)
+                    value = self.read(m, path, record.radar_to_lidar)
                 except (OSError, ValueError, EOFError) as e:
                     if self.on_error == "raise":
                         raise cmht.CMHTFormatError(f"{path}: cannot read the {m} record: {e}") from e
@@ -218,7 +228,7 @@ class CMHTDataSource:
     ):
         shapes = _shapes(modalities)
         gps_dim = shapes["gps"][0] if "gps" in shapes else 4
-        names, files, tables = [], [], []
+        names, files, tables, extrinsics = [], [], [], []
         for seq in sequences:
             try:
                 table = sync_sequence(seq, data_cfg, gps_dim)
@@ -234,9 +244,10 @@ class CMHTDataSource:
                 {m: [str(p) for p in seq.streams[m].files] for m in FILE_MODALITIES if m in seq.streams}
             )
             tables.append(table)
+            extrinsics.append(seq.calib["radar"]["to_lidar"] if "radar" in seq.calib else None)
         if not tables:
             raise FileNotFoundError(f"no usable CMHT sequence among {len(sequences)} found")
-        self.records = RecordTable(names, files, tables, list(shapes))
+        self.records = RecordTable(names, files, tables, list(shapes), extrinsics)
         self.decoder = DecodeSample(shapes, data_cfg)
 
     def __len__(self) -> int:

@@ -12,6 +12,9 @@ A record's time is its header stamp (the bag's log time when the stamp is zero),
     python -m src.data.rosbag convert BAG --out DIR [--topic sensor=/topic ...] [--on-error skip]
 
 IMU values are kept as published (ROS: rad/s and m/s^2, z up, so +9.8 at rest where the frame release has -9.8).
+Point clouds are written in the frame they were published in: a bag carries no CMHT calibration, so radar
+points are used as LiDAR-frame unless a `calib/radar/<name>.json` is put into the converted sequence (the
+pipeline then moves them with it, `transforms.radar_in_lidar_frame`).
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ Layout written under `out` (one sequence; SUSTechPOINTS-style sensor folders, KI
     lidar/timestamp.txt           one integer millisecond count a line, one line per file (same for every sensor)
     camera/front/NNNNNNNN.jpg     1280x720 colour JPEG              + camera/front/timestamp.txt
     camera/ir/NNNNNNNN.png        640x512 16-bit greyscale PNG      + camera/ir/timestamp.txt
-    radar/front_points/NNNNNNNN.pcd  binary PCD, x y z vx vy rcs (float32), LiDAR frame  + its timestamp.txt
+    radar/front_points/NNNNNNNN.pcd  binary PCD, x y z vx vy rcs (float32), the radar's own frame + timestamp.txt
     Gps_Imu/dataformat.txt, Gps_Imu/data/NNNNNNNN.txt (8 lines as in the real records), Gps_Imu/data/timestamp.txt
-    calib/camera/front.json, calib/camera/ir.json, calib/radar/front_points.json   (the real sample's values)
+    calib/camera/front.json, calib/camera/ir.json   (the real sample's values)
+    calib/radar/front_points.json  the radar's pose in the LiDAR frame: on the front bumper, yawed 7 degrees (the
+                                   real sample's is all zeros, which would hide a reader that ignores it)
     label/NNNNNNNN.json           boxes in the LiDAR frame, indexed by LiDAR sweep; ~10% of sweeps unlabelled
 
 Every sensor runs at its own rate (LiDAR 10 Hz, camera 15 Hz, IR 9 Hz, radar 13 Hz, GPS/IMU 10 Hz) with a few ms of
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from src.data.cmht import radar_to_lidar
 from src.data.pcd import write_pcd
 
 T0_MS = 923_331_000  # the real sample's first timestamp: an arbitrary epoch, not Unix time
@@ -67,7 +70,9 @@ IR_CALIB = {
     ],
     "intrinsic": [757.158013839009, 0.0, 336.551379339968, 0.0, 757.102894126381, 272.352206300216, 0.0, 0.0, 1.0],
 }  # fmt: skip
-RADAR_CALIB = {"translation": [0, 0, 0], "coordinatesOffset": [0, 0, 0], "rotation": [0, 0, 0]}
+# radar -> LiDAR pose (SUSTechPOINTS format, `cmht.radar_to_lidar`): 2.2 m ahead, 0.3 m left, 1.3 m below the LiDAR
+RADAR_CALIB = {"translation": [2.2, 0.3, -1.3], "coordinatesOffset": [0, 0, 0], "rotation": [0, 0, 0.12]}
+RADAR_TO_LIDAR = radar_to_lidar(RADAR_CALIB["rotation"], RADAR_CALIB["translation"])
 DATAFORMAT = (
     "latitude (ddmm.mmmm)\nlongitude (ddmm.mmmm)\nangular velocity around x (rad/s)\n"
     "angular velocity around y (rad/s)\nangular velocity around z (rad/s)\n"
@@ -236,11 +241,14 @@ def lidar_sweep(rng: np.random.Generator, boxes: np.ndarray, intensity: np.ndarr
 
 
 def radar_scan(rng: np.random.Generator, boxes: np.ndarray, vx: np.ndarray, rcs: np.ndarray) -> dict:
-    """Detections of the boxes in the radar's forward field of view (with their velocity) plus wall clutter."""
+    """Detections of the boxes (LiDAR frame) in the radar's forward field of view, with their velocity, plus wall
+    clutter; returned in the radar's own frame (`RADAR_TO_LIDAR` inverted), as a real radar writes them."""
+    rot, shift = RADAR_TO_LIDAR[:3, :3], RADAR_TO_LIDAR[:3, 3]
+    centre = (boxes[:, :3] - shift) @ rot  # box centres in the radar frame (rot.T applied to each row)
     fov = (
-        (boxes[:, 0] > 1.0)
-        & (np.abs(np.arctan2(boxes[:, 1], boxes[:, 0])) < np.radians(60))
-        & (np.hypot(boxes[:, 0], boxes[:, 1]) < 80.0)
+        (centre[:, 0] > 1.0)
+        & (np.abs(np.arctan2(centre[:, 1], centre[:, 0])) < np.radians(60))
+        & (np.hypot(centre[:, 0], centre[:, 1]) < 80.0)
     )
     per = rng.integers(2, 6, len(boxes)) * fov
     k = np.repeat(np.arange(len(boxes)), per)
@@ -258,13 +266,16 @@ def radar_scan(rng: np.random.Generator, boxes: np.ndarray, vx: np.ndarray, rcs:
         -1,
     )
     xyz = np.concatenate([obj, clutter]) + rng.normal(0, 0.15, (len(k) + n_clutter, 3))
+    velocity = np.zeros((len(xyz), 3))
+    velocity[:, 0] = np.concatenate([vx[k], np.full(n_clutter, -EGO_SPEED)]) + rng.normal(0, 0.1, len(xyz))
+    velocity[:, 1] = rng.normal(0, 0.1, len(xyz))
+    xyz, velocity = (xyz - shift) @ rot, velocity @ rot  # LiDAR -> radar frame (the rotation is about z only)
     return {
         "x": xyz[:, 0].astype(np.float32),
         "y": xyz[:, 1].astype(np.float32),
         "z": xyz[:, 2].astype(np.float32),
-        "vx": np.concatenate([vx[k], np.full(n_clutter, -EGO_SPEED)]).astype(np.float32)
-        + rng.normal(0, 0.1, len(xyz)).astype(np.float32),
-        "vy": rng.normal(0, 0.1, len(xyz)).astype(np.float32),
+        "vx": velocity[:, 0].astype(np.float32),
+        "vy": velocity[:, 1].astype(np.float32),
         "rcs": (np.concatenate([rcs[k], rng.uniform(-5, 5, n_clutter)]) + rng.normal(0, 1, len(xyz))).astype(
             np.float32
         ),

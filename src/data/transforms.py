@@ -183,36 +183,63 @@ def lidar_bev(points: Mapping[str, np.ndarray] | np.ndarray, grid: BevGrid = Bev
     return out.reshape(h, w, 4)
 
 
-def radar_bev(
-    points: Mapping[str, np.ndarray] | np.ndarray,
-    grid: BevGrid = BevGrid(),
-    *,
-    velocity_scale: float = 20.0,
-    rcs_scale: float = 20.0,
-) -> np.ndarray:
-    """Radar detections -> float32 BEV image [grid.height, grid.width, 3].
+def radar_in_lidar_frame(
+    points: Mapping[str, np.ndarray] | np.ndarray, to_lidar: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Radar detections in the radar's own frame -> float32 {"x", "y", "z", "velocity"?, "rcs"?} in the LiDAR frame.
 
-    Channels: 0 occupancy; 1 mean radial velocity / velocity_scale (m/s, + = receding); 2 mean RCS / rcs_scale.
-    The radial velocity is a scalar field (velocity, v_r, doppler, ...) or, from vx/vy, the component along the
-    line of sight. A cloud without velocity (or RCS) fields leaves that channel 0: the sensor did not measure it.
+    The one place the radar extrinsic is applied: p_lidar = to_lidar[:3, :3] @ p_radar + to_lidar[:3, 3]
+    (`cmht.radar_to_lidar`; None = the points are in the LiDAR frame already). "velocity" is the radial velocity
+    (m/s, + = receding): a scalar field (velocity, v_r, doppler, ...) as measured, or from vx/vy the component along
+    the radar's own line of sight, taken before the move (a scalar along a ray does not change with the frame).
+    A cloud without velocity (or RCS) fields has no such key: the sensor did not measure it.
     """
-    fields, x, y, z = _xyz(points, "radar_bev")
+    fields, x, y, z = _xyz(points, "radar")
     vel = _field(fields, RADIAL_VELOCITY_FIELDS)
     vx, vy = _field(fields, ("vx",)), _field(fields, ("vy",))
     if vel is None and vx is not None and vy is not None:
         rng = np.hypot(x, y)
         vel = np.divide(vx * x + vy * y, rng, out=np.zeros_like(rng), where=rng > 0)
+    out = {"x": x, "y": y, "z": z}
+    if to_lidar is not None:
+        m = np.asarray(to_lidar, np.float64).reshape(4, 4)
+        if not np.all(np.isfinite(m)) or not np.allclose(m[3], [0, 0, 0, 1]):
+            raise ValueError(f"radar extrinsic: expected a finite [4, 4] rigid transform, got {m.tolist()}")
+        xyz = np.stack([x, y, z], axis=-1) @ m[:3, :3].T.astype(np.float32) + m[:3, 3].astype(np.float32)
+        out = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}
+    if vel is not None:
+        out["velocity"] = vel
     rcs = _field(fields, RCS_FIELDS)
+    if rcs is not None:
+        out["rcs"] = rcs
+    return out
+
+
+def radar_bev(
+    points: Mapping[str, np.ndarray] | np.ndarray,
+    grid: BevGrid = BevGrid(),
+    *,
+    to_lidar: np.ndarray | None = None,
+    velocity_scale: float = 20.0,
+    rcs_scale: float = 20.0,
+) -> np.ndarray:
+    """Radar detections -> float32 BEV image [grid.height, grid.width, 3] on the LiDAR grid.
+
+    `to_lidar`: the radar -> LiDAR extrinsic [4, 4] that moves the points into the grid's (LiDAR) frame first
+    (`radar_in_lidar_frame`); None when they are in it already. Channels: 0 occupancy; 1 mean radial velocity /
+    velocity_scale (m/s, + = receding); 2 mean RCS / rcs_scale; a channel the sensor did not measure stays 0.
+    """
+    fields = radar_in_lidar_frame(points, to_lidar)
     h, w = grid.height, grid.width
     n = h * w
-    flat = grid.cell_index(x, y, z)
+    flat = grid.cell_index(fields["x"], fields["y"], fields["z"])
     count = np.bincount(flat, minlength=n + 1)[:n].astype(np.float32)
     occupied = count > 0
     out = np.zeros((n, 3), np.float32)
     out[:, 0] = occupied
-    for ch, values, scale in ((1, vel, velocity_scale), (2, rcs, rcs_scale)):
-        if values is not None:
-            total = np.bincount(flat, weights=values, minlength=n + 1)[:n].astype(np.float32)
+    for ch, name, scale in ((1, "velocity", velocity_scale), (2, "rcs", rcs_scale)):
+        if name in fields:
+            total = np.bincount(flat, weights=fields[name], minlength=n + 1)[:n].astype(np.float32)
             np.divide(total, count * np.float32(scale), out=out[:, ch], where=occupied)
     return out.reshape(h, w, 3)
 
