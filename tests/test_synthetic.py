@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -171,9 +172,32 @@ def test_cli_and_inspect(tmp_path, capsys):
     synthetic.main(["cmht", "--out", str(tmp_path / "root" / "s"), "--frames", "4", "--points", "800"])
     capsys.readouterr()
     png = tmp_path / "bev.png"
-    cmht.main(["inspect", str(tmp_path / "root"), "--json", "--bev-png", str(png), "--check-files"])
+    cmht.main(["inspect", str(tmp_path / "root"), "--json", "--bev-png", str(png), "--deep"])
     doc = json.loads(capsys.readouterr().out)
     (info,) = doc["sequences"]
     assert info["sensors"]["lidar"]["frames"] == 4 and info["problems"] == []
     assert info["valid_after_sync"]["lidar"] == 4 and info["valid_after_sync"]["imu"] == 4
     assert png.is_file() and doc["bev_png"]["boxes"] > 0
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_inspect_names_every_corrupt_sensor_file(seq_dir, tmp_path, capsys, deep):
+    """A PCD cut to its first 300 bytes and a truncated JPEG are named in the text and JSON reports, cheap check
+    and --deep alike; the clean copy reports no bad file."""
+    root = tmp_path / "root"
+    shutil.copytree(seq_dir, root / "seq")
+    flags = ["--deep"] if deep else []
+    cmht.main(["inspect", str(root), "--json", *flags])
+    (clean,) = json.loads(capsys.readouterr().out)["sequences"]
+    assert clean["bad_files"] == [] and clean["problems"] == []
+    pcd = root / "seq" / "lidar" / "00000007.pcd"
+    pcd.write_bytes(pcd.read_bytes()[:300])
+    jpg = root / "seq" / "camera" / "front" / "00000003.jpg"
+    jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])
+    cmht.main(["inspect", str(root), "--json", *flags])
+    (info,) = json.loads(capsys.readouterr().out)["sequences"]
+    assert {(b["sensor"], b["file"]) for b in info["bad_files"]} == {("lidar", str(pcd)), ("rgb", str(jpg))}
+    assert sum(str(pcd) in p for p in info["problems"]) == 1 and sum(str(jpg) in p for p in info["problems"]) == 1
+    cmht.main(["inspect", str(root), *flags])
+    text = capsys.readouterr().out
+    assert f"problem: {pcd}" in text and f"problem: {jpg}" in text and "bad sensor files: 2" in text

@@ -7,9 +7,11 @@ The layout is discovered at run time (docs: CMHT_FORMAT.md). A sequence is a fol
 case-insensitively; camera `front` is the `rgb` stream, camera `ir` the `ir` stream, any `radar/<name>` the radar.
 Unknown files and folders are ignored and listed in the `Report`.
 
-    python -m src.data.cmht inspect ROOT [--json] [--bev-png FILE] [--check-files] [--config TOML --set k=v]
+    python -m src.data.cmht inspect ROOT [--json] [--deep] [--bev-png FILE] [--config TOML --set k=v]
 prints per sequence the frames, measured rate and time gaps of each sensor, label counts by class, every problem
-found (indexing runs with on_error="skip" so that all of them are listed) and the samples valid after sync.
+found (indexing runs with on_error="skip" so that all of them are listed), every bad sensor file and the samples
+valid after sync. Every LiDAR/radar/camera file is checked cheaply (`check_file`: PCD header against the file size,
+image header and end-of-image marker) in a thread pool, with a progress bar on large roots; `--deep` decodes them.
 
 Conversions kept here so that every consumer agrees on them:
 - time: raw ms / 1000 -> float64 seconds (epoch unknown, not Unix time).
@@ -34,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from src.data.pcd import CMHTFormatError, read_pcd, write_pcd
+from src.data.pcd import CMHTFormatError, check_pcd, read_pcd, write_pcd
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ __all__ = [
     "Report",
     "Sequence",
     "SensorStream",
+    "check_file",
+    "check_sequence_files",
     "ddmm_to_degrees",
     "find_sequences",
     "inspect_sequence",
@@ -568,6 +572,80 @@ def find_sequences(
 # --------------------------------------------------------------------------------------------- inspect
 
 
+_IMAGE_ENDS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xaeB`\x82",)}  # end-of-image marker / last chunk
+FILE_SENSORS = ("lidar", "radar", "rgb", "ir")  # the sensors with one data file a record
+PROGRESS_MIN_FILES = 2000  # roots with at least this many files to check get a progress bar
+
+
+def check_file(path: str | Path, sensor: str, deep: bool = False) -> str | None:
+    """None when a sensor file looks sound, else the problem (a message starting with the file's path).
+
+    Cheap (default): PCD header against the file size (`check_pcd`); image header (format, size, mode) and, for
+    JPEG/PNG, the end-of-image marker / IEND chunk within the file's last bytes, so a truncated file is caught
+    without decoding it (TIFF: PIL's verify). deep=True decodes the whole file as the pipeline would.
+    """
+    try:
+        if sensor in ("lidar", "radar"):
+            (read_pcd if deep else check_pcd)(path)
+        elif deep:
+            read_image(path)
+        else:
+            _check_image(Path(path))
+    except CMHTFormatError as e:
+        return str(e)
+    return None
+
+
+def _check_image(path: Path) -> None:
+    try:
+        with Image.open(path) as im:
+            ends = _IMAGE_ENDS.get(im.format or "")
+            if ends is None:
+                im.verify()
+                return
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 64))
+            tail = f.read()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise CMHTFormatError(f"{path}: cannot read the image header: {e}") from e
+    if not any(end in tail for end in ends):
+        raise CMHTFormatError(f"{path}: image is truncated (no end-of-image marker in its last 64 bytes)")
+
+
+def check_sequence_files(
+    sequences: list[Sequence], deep: bool = False, workers: int = 8, progress: bool | None = None
+) -> dict[str, list[dict[str, str]]]:
+    """Check every LiDAR/radar/camera file of the sequences (`check_file`) in a pool of `workers` threads.
+
+    Returns {sequence path: [{"sensor", "file", "problem"}, ...]} for the bad files, in file order. progress=None
+    shows a tqdm bar (on stderr) when there are at least PROGRESS_MIN_FILES files.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    jobs = [
+        (str(seq.path), name, path)
+        for seq in sequences
+        for name in FILE_SENSORS
+        if name in seq.streams
+        for path in seq.streams[name].files
+    ]
+    show = len(jobs) >= PROGRESS_MIN_FILES if progress is None else progress
+    bad: dict[str, list[dict[str, str]]] = {str(seq.path): [] for seq in sequences}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(
+        total=len(jobs), disable=not show, unit="file", desc="deep check" if deep else "check"
+    ) as bar:
+        # decoding releases the GIL (zlib, libjpeg, file reads), so threads overlap it
+        for (seq_path, name, path), problem in zip(
+            jobs, pool.map(lambda job: check_file(job[2], job[1], deep), jobs)
+        ):
+            bar.update()
+            if problem is not None:
+                bad[seq_path].append({"sensor": name, "file": str(path), "problem": problem})
+    return bad
+
+
 def stream_stats(t: np.ndarray) -> dict[str, Any]:
     """Frames, measured rate (1 / median period), and gaps (steps > 1.5 x the median period) of a time stream."""
     t = np.asarray(t, np.float64)
@@ -591,9 +669,11 @@ def stream_stats(t: np.ndarray) -> dict[str, Any]:
 
 
 def inspect_sequence(
-    seq: Sequence, data_cfg: Any, report: Report, check_files: bool = False
+    seq: Sequence, data_cfg: Any, report: Report, bad_files: list[dict[str, str]] | None = None
 ) -> dict[str, Any]:
-    """Everything `inspect` prints about one sequence (problems: those of the report that name its files)."""
+    """Everything `inspect` prints about one sequence (problems: those of the report that name its files).
+
+    bad_files: this sequence's entries of `check_sequence_files` (None: the files were not checked)."""
     from src.data import pipeline  # the sync/BEV layer sits on top of this module
 
     info: dict[str, Any] = {"name": seq.name, "path": str(seq.path)}
@@ -618,14 +698,10 @@ def inspect_sequence(
         classes.update(label_classes(labels))
         empty += not labels
     info["labels"] = {"files": len(seq.labels), "empty": empty, "by_class": dict(sorted(classes.items()))}
-    if check_files:
-        for name, stream in seq.streams.items():
-            reader = read_pcd if name in ("lidar", "radar") else read_image if name in ("rgb", "ir") else None
-            for path in stream.files if reader else ():
-                try:
-                    reader(path)
-                except CMHTFormatError as e:
-                    report.add(str(e), name)
+    if bad_files is not None:
+        info["bad_files"] = bad_files
+        for bad in bad_files:
+            report.add(bad["problem"], bad["sensor"])
     try:
         info["valid_after_sync"] = pipeline.sync_sequence(seq, data_cfg, gps_dim=4, gps_imu=g).valid_counts()
     except (OSError, ValueError) as e:
@@ -648,6 +724,8 @@ def _format(info: dict[str, Any]) -> str:
     lab = info["labels"]
     lines.append(f"  labels   {lab['files']} files ({lab['empty']} empty): {lab['by_class']}")
     lines.append(f"  valid after sync (per LiDAR sweep): {info['valid_after_sync']}")
+    if "bad_files" in info:
+        lines.append(f"  bad sensor files: {len(info['bad_files'])} (each listed as a problem below)")
     lines += [f"  problem: {p}" for p in info["problems"]] or ["  no problems"]
     return "\n".join(lines)
 
@@ -665,13 +743,17 @@ def main(argv: list[str] | None = None) -> None:
     ins.add_argument(
         "--bev-png", default="", help="write the first sequence's LiDAR BEV with label boxes here"
     )
-    ins.add_argument("--check-files", action="store_true", help="decode every PCD/image file too (slow)")
+    ins.add_argument(
+        "--deep", action="store_true", help="decode every PCD/image file (default: cheap header/size checks)"
+    )
+    ins.add_argument("--workers", type=int, default=8, help="threads that check the files")
     config.add_config_args(ins, required=False)  # sync tolerances and BEV extent come from the data section
     args = parser.parse_args(argv)
     data_cfg = config.load_from_args(config.PretrainConfig, args).data
     report = Report()
     sequences = find_sequences(args.root, on_error="skip", report=report)
-    infos = [inspect_sequence(s, data_cfg, report, args.check_files) for s in sequences]
+    bad = check_sequence_files(sequences, deep=args.deep, workers=args.workers)
+    infos = [inspect_sequence(s, data_cfg, report, bad[str(s.path)]) for s in sequences]
     doc: dict[str, Any] = {"root": str(args.root), "sequences": infos, **report.as_dict()}
     if args.bev_png:
         from src.data import pipeline

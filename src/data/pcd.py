@@ -127,6 +127,36 @@ def read_pcd(path: str | Path) -> dict[str, np.ndarray]:
     return _read_compressed(body, layout, points, path)
 
 
+def check_pcd(path: str | Path, header_bytes: int = 16384) -> None:
+    """Cheap soundness check of a PCD file without reading its body: the header parses and the file is long enough
+    for the body it announces (binary: points x point size; binary_compressed: its stored compressed size; ascii:
+    the header only). Raises CMHTFormatError naming the file and the problem."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(header_bytes)
+            size = f.seek(0, 2)
+            keys, offset = _header(head, path)
+            layout, points, encoding = _layout(keys, path)
+            body = size - offset
+            if encoding == "binary" and body < points * _structured(layout).itemsize:
+                raise CMHTFormatError(
+                    f"{path}: PCD binary body is truncated: {body} bytes for {points} points of "
+                    f"{_structured(layout).itemsize} bytes"
+                )
+            if encoding == "binary_compressed":
+                f.seek(offset)
+                words = f.read(8)
+                if len(words) < 8:
+                    raise CMHTFormatError(f"{path}: PCD binary_compressed body is truncated (no size words)")
+                packed = int(np.frombuffer(words, "<u4", count=1)[0])
+                if body - 8 < packed:
+                    raise CMHTFormatError(
+                        f"{path}: PCD binary_compressed body is truncated ({body - 8} < {packed} bytes)"
+                    )
+    except OSError as e:
+        raise CMHTFormatError(f"{path}: cannot read the PCD file: {e}") from e
+
+
 def _read_ascii(body: bytes, layout: list[tuple[str, str, int]], points: int, path: str | Path) -> dict:
     width = sum(c for _, _, c in layout)
     try:
