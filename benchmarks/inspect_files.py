@@ -1,6 +1,6 @@
 """`inspect` file-check throughput: files/s of the cheap default check and of `--deep` (full decode).
 
-    uv run python benchmarks/inspect.py [--root DIR] [--frames 120] [--workers 8] [--repeats 3]
+    uv run python benchmarks/inspect_files.py [--root DIR] [--frames 120] [--workers 8] [--repeats 3]
 
 Without --root a synthetic sequence (`python -m src.data.synthetic cmht --frames N`: 120k-point LiDAR PCDs,
 1280x720 JPEG, 640x512 16-bit PNG IR, radar PCDs) is written to a temp dir. Each mode checks every LiDAR, radar and
