@@ -165,11 +165,13 @@ def _corners(grid: np.ndarray) -> np.ndarray:
     return np.stack([g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]], -1).reshape(-1, 4)
 
 
-def _ray_depth(walls: np.ndarray, track: Track, max_range: float, windows: tuple[float, ...]) -> list[float]:
+def _ray_depth(
+    walls: np.ndarray, track: Track, max_range: float, windows: tuple[float, ...], max_poses: int = 512
+) -> list[float]:
     """Pairs per ray to sweep in one chunk of `cast_rays`, for fans `windows` rad wide: 1.1 x the largest mean
     number of sensor-facing in-range segments over any such fan, seen from poses across the track (centreline
-    and +-60 % of the half-widths). `walls` are oriented (track on the left). Poses that see more take a
-    second chunk."""
+    and +-60 % of the half-widths; at most `max_poses` of them, evenly spread). `walls` are oriented (track on
+    the left). Poses that see more take a second chunk."""
     t = np.roll(track.centreline, -1, 0) - np.roll(track.centreline, 1, 0)
     n = np.stack([-t[:, 1], t[:, 0]], 1) / np.linalg.norm(t, axis=1, keepdims=True)
     origins = np.concatenate(
@@ -177,7 +179,8 @@ def _ray_depth(walls: np.ndarray, track: Track, max_range: float, windows: tuple
             track.centreline + f * n * np.where(f > 0, track.width_left, track.width_right)[:, None]
             for f in (-0.6, 0.0, 0.6)
         ]
-    )[::3]
+    )
+    origins = origins[:: max(3, int(np.ceil(len(origins) / max_poses)))]
     a = walls[None, :, :2] - origins[:, None]
     b = walls[None, :, 2:] - origins[:, None]
     cross = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
@@ -191,8 +194,10 @@ def _ray_depth(walls: np.ndarray, track: Track, max_range: float, windows: tuple
     stop = np.floor(x + np.arctan2(cross, (a * b).sum(-1)) * (bins / (2 * np.pi))).astype(int) + 1
     width = 2 * bins + 2
     size = len(origins) * width
-    diff = np.bincount(rows * width + start, minlength=size) - np.bincount(rows * width + stop, minlength=size)
-    depth = np.cumsum(diff.reshape(len(origins), width), 1)
+    spans = np.bincount(rows * width + start, minlength=size) - np.bincount(
+        rows * width + stop, minlength=size
+    )
+    depth = np.cumsum(spans.reshape(len(origins), width), 1)
     depth = depth[:, :bins] + depth[:, bins : 2 * bins]  # fold the wrap-around
     out = []
     for window in windows:
@@ -240,8 +245,9 @@ def _distance_grid(walls, wall_next, wall_prev, origin, res, shape, band: float 
     rows, cols = np.divmod(near, shape[1])
     centres = np.stack([cx[cols], cy[rows]], 1).astype(np.float64)
     seg = seg_id[nearest.reshape(-1)[near]]
-    exact = np.min([point_segment_distance(centres, walls[c]) for c in (wall_prev[seg], seg, wall_next[seg])], 0)
-    dist[near] = exact
+    dist[near] = np.min(
+        [point_segment_distance(centres, walls[i]) for i in (wall_prev[seg], seg, wall_next[seg])], 0
+    )
     return np.where(_inside_grid(walls, origin, res, shape), dist.reshape(shape), -dist.reshape(shape))
 
 
