@@ -48,12 +48,9 @@ def main() -> None:
     extract_s, extracted = median_seconds(lambda: load_map(args.map), args.repeats)
     h, w = params.dist.shape
     print(f"map {Path(args.map).name}: {track.length:.1f} m, {len(params.walls)} wall segments, grid {h}x{w}")
-    print(f"  load (walls traced from the image, centreline from the CSV)  {load_s:6.2f} s")
-    print(f"  make_params (validate, distance/progress grids, ray depth)     {build_s:6.2f} s")
-    print(f"  total                                                        {load_s + build_s:6.2f} s")
-    print(
-        f"  load without the CSV (centreline extracted, {extracted.length:.1f} m)        {extract_s:6.2f} s"
-    )
+    print(f"  load (walls traced from the image, centreline from the CSV)   {load_s}")
+    print(f"  make_params (validate, distance/progress grids, ray depth)    {build_s}")
+    print(f"  load without the CSV (centreline extracted: {extracted.length:.1f} m)   {extract_s}")
 
 
 if __name__ == "__main__":
