@@ -58,9 +58,16 @@ def test_progress_and_geometry_on_a_circle():
     assert c.walls().shape == (720, 4)
 
 
-def test_map_round_trip_with_and_without_csv(tmp_path):
+@pytest.fixture(scope="module")
+def written_map(tmp_path_factory):
+    """A procedural track and its map files (PNG + YAML + CSV) in a temporary directory."""
     t = procedural_track(4, name="rt")
-    yaml_path = write_map(t, tmp_path)
+    return t, write_map(t, tmp_path_factory.mktemp("map"))
+
+
+def test_map_round_trip_with_and_without_csv(written_map):
+    t, yaml_path = written_map
+    tmp_path = yaml_path.parent
     with_csv = load_map(yaml_path, tmp_path / "rt.csv")
     np.testing.assert_allclose(with_csv.centreline, t.centreline, atol=1e-5)
     # the walls are traced from the image: within a pixel (0.05 m) of the walls it was rasterised from
@@ -88,7 +95,7 @@ def test_bundled_tracks_load_through_load_map():
         check_track(bundled[name], min_width=2.0 - 0.05)  # widths measured to the traced walls (1 px)
 
 
-def test_bad_map_inputs_name_the_file(tmp_path):
+def test_bad_map_inputs_name_the_file(written_map, tmp_path):
     bad_yaml = tmp_path / "m.yaml"
     bad_yaml.write_text("image: nothere.png\nresolution: 0.05\norigin: [0, 0, 0]\n")
     with pytest.raises(FileNotFoundError, match=r"m\.yaml.*nothere\.png"):
@@ -97,8 +104,7 @@ def test_bad_map_inputs_name_the_file(tmp_path):
     no_res.write_text("image: x.png\norigin: [0, 0, 0]\n")
     with pytest.raises(ValueError, match=r"n\.yaml.*resolution"):
         load_map(no_res)
-    t = procedural_track(4, name="ok")
-    yaml_path = write_map(t, tmp_path)
+    yaml_path = written_map[1]
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("# x_m, y_m, w\n1,2,3\n4,5,6\n7,8,9\n")
     with pytest.raises(ValueError, match=r"bad\.csv.*4 columns"):
@@ -209,11 +215,21 @@ def test_map_walls_must_surround_the_centreline(spielberg):
         )
 
 
-def test_a_map_with_two_loops_needs_a_csv(tmp_path):
-    free, _, _ = read_occupancy(SPIELBERG_YAML)
+def test_maps_without_one_clear_loop_get_clear_errors(written_map, tmp_path):
+    t, yaml_path = written_map
+    free, res, origin = read_occupancy(yaml_path)
     img = np.where(free, 254, 0).astype(np.uint8)
     Image = pytest.importorskip("PIL.Image")
-    Image.fromarray(np.concatenate([img, img], axis=1), mode="L").save(tmp_path / "twice.png")
-    (tmp_path / "twice.yaml").write_text(SPIELBERG_YAML.read_text().replace("Spielberg.png", "twice.png"))
-    with pytest.raises(ValueError, match=r"twice\.yaml: 2 separate free loops"):
-        load_map(tmp_path / "twice.yaml")
+
+    def save(name, pixels):
+        Image.fromarray(pixels, mode="L").save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.yaml").write_text(yaml_path.read_text().replace("rt.png", f"{name}.png"))
+        return tmp_path / f"{name}.yaml"
+
+    with pytest.raises(ValueError, match=r"twice\.yaml: 2 separate free loops; pass a waypoint CSV"):
+        load_map(save("twice", np.concatenate([img, img], axis=1)))
+    speck = img.copy()
+    col, row = tracks._world_to_pixels(t.centreline[100], free.shape, res, origin)
+    speck[int(row) - 10 : int(row) - 8, int(col)] = 0  # a 2-pixel obstacle on the track, off the centreline
+    with pytest.raises(ValueError, match=r"speck\.yaml: the track's free loop encloses 2 separate obstacles"):
+        load_map(save("speck", speck), yaml_path.with_suffix(".csv"))

@@ -104,8 +104,7 @@ class Track:
 
     def walls(self) -> np.ndarray:
         """[M, 4] float32 wall segments (x0, y0, x1, y1): the left boundary, then the right one."""
-        segs = [np.concatenate([b, np.roll(b, -1, axis=0)], axis=1) for b in self.boundaries()]
-        return np.concatenate(segs).astype(np.float32)
+        return np.concatenate([loop_segments(b) for b in self.boundaries()]).astype(np.float32)
 
     def project(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Arc length (m) of the nearest point on the centreline polyline and the distance to it, for [..., 2]."""
