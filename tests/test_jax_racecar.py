@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from src.envs import jax_racecar as jr
+from src.envs import tracks
 from src.envs.controllers import pure_pursuit
 from src.envs.tracks import Track, get_track, read_waypoints
 
@@ -128,8 +129,13 @@ def test_reversed_lap_does_not_count():
 
 
 @pytest.fixture(scope="module")
-def spielberg():
-    return jr.make_params(SPIELBERG / "Spielberg.yaml", lidar_rays=4, pose_noise=0.0, time_limit=400.0)
+def spielberg_track():
+    return get_track(SPIELBERG / "Spielberg.yaml")  # walls traced from the image, centreline from the CSV
+
+
+@pytest.fixture(scope="module")
+def spielberg(spielberg_track):
+    return jr.make_params(spielberg_track, lidar_rays=4, pose_noise=0.0, time_limit=400.0)
 
 
 def test_make_params_validates_the_track():
@@ -137,6 +143,23 @@ def test_make_params_validates_the_track():
     centre, w_right, w_left = read_waypoints(SPIELBERG / "Spielberg_centerline.csv")
     with pytest.raises(ValueError, match=r"'spielberg_csv'.*fold over"):
         jr.make_params(Track("spielberg_csv", centre, w_left, w_right))
+
+
+def test_distance_grid_is_exact_near_the_walls(spielberg, spielberg_track):
+    # signed distance at cell centres: exact within 0.5 m of a wall, within a cell beyond; + on the track
+    walls = np.asarray(spielberg.walls, np.float64)
+    dist = np.asarray(spielberg.dist, np.float64)
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, dist.shape[0], 1500), rng.integers(0, dist.shape[1], 1500)
+    pts = np.asarray(spielberg.grid_origin, np.float64) + (np.stack([cols, rows], 1) + 0.5) * 0.05
+    exact = np.min(tracks.point_segment_distance(pts[:, None], walls[None]), 1)
+    got = dist[rows, cols]
+    near = exact < 0.45
+    assert near.sum() > 20 and np.abs(np.abs(got[near]) - exact[near]).max() < 1e-4
+    assert np.abs(np.abs(got) - exact).max() < 0.06
+    left, right = spielberg_track.boundaries()
+    on_track = np.array([tracks.inside_loop(q, left) != tracks.inside_loop(q, right) for q in pts])
+    assert on_track.sum() > 20 and ((got > 0) == on_track)[exact > 1e-3].all()
 
 
 def test_pure_pursuit_laps_spielberg_cleanly(spielberg):

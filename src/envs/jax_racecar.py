@@ -228,9 +228,10 @@ def _inside_grid(walls: np.ndarray, origin: np.ndarray, res: float, shape) -> np
 def _distance_grid(walls, wall_next, wall_prev, origin, res, shape, band: float = 0.5) -> np.ndarray:
     """[H, W] signed distance (m, + on the track) from each cell centre to the nearest wall segment.
 
-    A Euclidean distance transform gives each cell its nearest wall sample (samples every res / 2); within
-    `band` m of a wall the distance is exact (the sample's segment and its neighbours), beyond it the
-    distance to that sample (within about a cell of exact). The sign is the even-odd rule on the loops."""
+    A Euclidean distance transform gives each cell a nearby wall sample (samples every res / 2); within
+    `band` m of a wall the distance is exact (from the sample's segment, walking along the loop while a
+    nearby segment is nearer), beyond it the distance to that sample (within about a cell of exact).
+    The sign is the even-odd rule on the loops."""
     lengths = np.linalg.norm(walls[:, 2:] - walls[:, :2], axis=1)
     k = np.maximum(np.ceil(lengths / (res / 2)).astype(int), 1)
     seg_id = np.repeat(np.arange(len(walls)), k)
@@ -245,9 +246,19 @@ def _distance_grid(walls, wall_next, wall_prev, origin, res, shape, band: float 
     rows, cols = np.divmod(near, shape[1])
     centres = np.stack([cx[cols], cy[rows]], 1).astype(np.float64)
     seg = seg_id[nearest.reshape(-1)[near]]
-    dist[near] = np.min(
-        [point_segment_distance(centres, walls[i]) for i in (wall_prev[seg], seg, wall_next[seg])], 0
-    )
+    best = point_segment_distance(centres, walls[seg])
+    moving = np.arange(len(near))
+    while len(moving):  # walk along the loop while one of the 2 segments either side is nearer (2: a vertex
+        back, ahead = wall_prev[seg[moving]], wall_next[seg[moving]]  # is shared, so ties come in pairs)
+        step = np.stack([wall_prev[back], back, ahead, wall_next[ahead]])
+        d = np.stack([point_segment_distance(centres[moving], walls[i]) for i in step])
+        k = np.argmin(d, 0)
+        cols = np.arange(len(moving))
+        better = d[k, cols] < best[moving]
+        moving, k, cols = moving[better], k[better], cols[better]
+        seg[moving] = step[k, cols]
+        best[moving] = d[k, cols]
+    dist[near] = best
     return np.where(_inside_grid(walls, origin, res, shape), dist.reshape(shape), -dist.reshape(shape))
 
 
