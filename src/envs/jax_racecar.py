@@ -220,8 +220,8 @@ def _inside_grid(walls: np.ndarray, origin: np.ndarray, res: float, shape) -> np
     x = walls[seg, 0] + (yc - y0[seg]) / (y1[seg] - y0[seg]) * (walls[seg, 2] - walls[seg, 0])
     col = np.clip(np.ceil((x - origin[0]) / res - 0.5).astype(np.int64), 0, shape[1])
     ok = (row >= 0) & (row < shape[0])
-    toggles = np.zeros((shape[0], shape[1] + 1), np.int64)
-    np.add.at(toggles, (row[ok], col[ok]), 1)
+    width = shape[1] + 1
+    toggles = np.bincount(row[ok] * width + col[ok], minlength=shape[0] * width).reshape(shape[0], width)
     return (np.cumsum(toggles, axis=1)[:, :-1] % 2).astype(bool)
 
 
@@ -253,11 +253,11 @@ def _distance_grid(walls, wall_next, wall_prev, origin, res, shape, band: float 
         step = np.stack([wall_prev[back], back, ahead, wall_next[ahead]])
         d = np.stack([point_segment_distance(centres[moving], walls[i]) for i in step])
         k = np.argmin(d, 0)
-        cols = np.arange(len(moving))
-        better = d[k, cols] < best[moving]
-        moving, k, cols = moving[better], k[better], cols[better]
-        seg[moving] = step[k, cols]
-        best[moving] = d[k, cols]
+        lane = np.arange(len(moving))
+        better = d[k, lane] < best[moving]
+        moving, k, lane = moving[better], k[better], lane[better]
+        seg[moving] = step[k, lane]
+        best[moving] = d[k, lane]
     dist[near] = best
     return np.where(_inside_grid(walls, origin, res, shape), dist.reshape(shape), -dist.reshape(shape))
 
