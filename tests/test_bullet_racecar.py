@@ -11,7 +11,7 @@ import src.envs  # noqa: F401  (registers raceformer/BulletRace-v0)
 from src.envs import jax_racecar
 from src.envs.bullet_racecar import BulletRaceEnv, RacecarSim, SimConfig, lidar_angles
 from src.envs.controllers import pure_pursuit
-from src.envs.tracks import bundled_tracks, get_track
+from src.envs.tracks import Track, bundled_tracks, get_track
 
 HALF = 4.0  # the square room spans [-HALF, HALF]^2
 ROOM = np.array(
@@ -223,6 +223,13 @@ def test_pure_pursuit_completes_a_lap_default_track():
 @pytest.mark.parametrize("name", sorted(bundled_tracks()))
 def test_pure_pursuit_completes_a_lap_every_track(name):
     drive_one_lap(name)
+
+
+def test_env_validates_its_track():
+    th = np.linspace(0, 2 * np.pi, 100, endpoint=False)
+    tight = Track("tight", 0.8 * np.stack([np.cos(th), np.sin(th)], 1), np.full(100, 1.0), np.full(100, 1.0))
+    with pytest.raises(ValueError, match="'tight'.*fold over"):
+        BulletRaceEnv(tight)
 
 
 def test_lidar_agrees_with_jax_env():

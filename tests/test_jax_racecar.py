@@ -1,15 +1,19 @@
 """Pure-JAX racing env: determinism, vmap, collisions, laps with the pure-pursuit baseline, lidar accuracy."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from src.envs import jax_racecar as jr
+from src.envs import tracks
 from src.envs.controllers import pure_pursuit
-from src.envs.tracks import Track, get_track
+from src.envs.tracks import Track, get_track, read_waypoints
 
 SMALL = {"lidar_rays": 16}
+SPIELBERG = Path(__file__).parent / "fixtures" / "tracks" / "Spielberg"  # a real F1TENTH map, ATTRIBUTION.md
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +126,71 @@ def test_reversed_lap_does_not_count():
     assert not term.any() and lap.max() == 1
     assert total.min() < -0.95  # a whole loop driven the wrong way
     assert wrong[50:].mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def spielberg_track():
+    return get_track(SPIELBERG / "Spielberg.yaml")  # walls traced from the image, centreline from the CSV
+
+
+@pytest.fixture(scope="module")
+def spielberg(spielberg_track):
+    return jr.make_params(spielberg_track, lidar_rays=4, pose_noise=0.0, time_limit=400.0)
+
+
+def test_make_params_validates_the_track():
+    # Before: walls offset from this CSV fold over at a 0.59 m turn and the env was built from them silently.
+    centre, w_right, w_left = read_waypoints(SPIELBERG / "Spielberg_centerline.csv")
+    with pytest.raises(ValueError, match=r"'spielberg_csv'.*fold over"):
+        jr.make_params(Track("spielberg_csv", centre, w_left, w_right))
+
+
+def test_distance_grid_is_exact_near_the_walls(spielberg, spielberg_track):
+    # signed distance at cell centres: exact within 0.5 m of a wall, within a cell beyond; + on the track
+    walls = np.asarray(spielberg.walls, np.float64)
+    dist = np.asarray(spielberg.dist, np.float64)
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, dist.shape[0], 1500), rng.integers(0, dist.shape[1], 1500)
+    pts = np.asarray(spielberg.grid_origin, np.float64) + (np.stack([cols, rows], 1) + 0.5) * 0.05
+    exact = np.min(tracks.point_segment_distance(pts[:, None], walls[None]), 1)
+    got = dist[rows, cols]
+    near = exact < 0.45
+    assert near.sum() > 20 and np.abs(np.abs(got[near]) - exact[near]).max() < 1e-4
+    assert np.abs(np.abs(got) - exact).max() < 0.06
+    left, right = spielberg_track.boundaries()
+    on_track = np.array([tracks.inside_loop(q, left) != tracks.inside_loop(q, right) for q in pts])
+    assert on_track.sum() > 20 and ((got > 0) == on_track)[exact > 1e-3].all()
+
+
+def test_pure_pursuit_laps_spielberg_cleanly(spielberg):
+    lap, total, hit, term, _ = _drive(
+        spielberg, 3500
+    )  # compile-dominated: a lap costs little more than a turn
+    assert term.any(), f"no lap within 3500 steps: progress {total.max():.3f}"
+    end = int(np.argmax(term))
+    assert not hit[: end + 1].any() and lap[end] == 2
+    assert (end + 1) * spielberg.control_dt < 130.0  # 115 s at the controller's 3 m/s cap
+
+
+def test_lidar_equals_brute_force_on_spielberg(spielberg):
+    # walls traced from the image (2219 segments); 360 rays over the lidar's fan, from 12 poses
+    walls = np.asarray(spielberg.walls, np.float64)
+    centre = np.asarray(spielberg.centreline, np.float64)
+    fan = jr.Fan(360, spielberg.lidar_fov, depth=spielberg.ray_depth)
+    cast = jax.jit(lambda o, h: jr.cast_rays(spielberg, o, h, fan, 15.0))
+    rng = np.random.default_rng(0)
+    errs = []
+    for i in rng.choice(len(centre), 12, replace=False):
+        o = centre[i] + rng.normal(0, 0.3, 2)
+        if float(jr.distance(spielberg, jnp.asarray(o, jnp.float32))) < 0.05:
+            continue
+        heading = rng.uniform(-np.pi, np.pi)
+        got, seg = cast(jnp.asarray(o, jnp.float32), jnp.float32(heading))
+        want = _brute_force(walls, o, heading + fan.angles(), 15.0)
+        errs.append(np.abs(np.asarray(got) - want))
+        assert ((np.asarray(seg) >= 0) == (want < 15.0)).all()
+    e = np.concatenate(errs)
+    assert len(errs) >= 8 and e.max() < 2e-3 and np.median(e) < 1e-5
 
 
 def _brute_force(walls, origin, angles, max_range):

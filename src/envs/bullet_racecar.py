@@ -23,7 +23,7 @@ import pybullet_data
 from gymnasium import spaces
 from pybullet_utils import bullet_client
 
-from src.envs.tracks import Track, get_track
+from src.envs.tracks import Track, check_track, get_track
 
 URDF_PATH = os.path.join(pybullet_data.getDataPath(), "racecar", "racecar_differential.urdf")
 
@@ -313,7 +313,8 @@ class BulletRaceEnv(gymnasium.Env):
 
     `BulletRaceEnv(track="default", sim=SimConfig(...), task=TaskConfig(...), **field_overrides)`; any field of
     either config can be passed by name (handy through `gymnasium.make`). `track` is a bundled track name, a
-    map path, or a `Track`.
+    map path, or a `Track`; it is validated (`check_track`) before the walls are built from `track.walls()`,
+    the same walls as the JAX env's.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
@@ -333,6 +334,7 @@ class BulletRaceEnv(gymnasium.Env):
             raise ValueError(f"render_mode={render_mode!r}; valid: {self.metadata['render_modes']}")
         self.render_mode = render_mode
         self.track = get_track(track) if isinstance(track, str | os.PathLike) else track
+        check_track(self.track)
         self.sim = RacecarSim(np.asarray(self.track.walls()), self.sim_config)
         self.lidar_height = self.sim.lidar_height
 

@@ -19,8 +19,11 @@ Design choices (why):
   O(walls + rays) per car and ranges equal a brute-force reference to float precision. Pairs are swept in
   chunks of `ray_depth` x rays, a size `make_params` estimates from the track; a pose that sees more pairs
   takes another chunk, so the size only trades speed, never correctness.
+- Walls: the track's two wall loops (a map's traced from its image, a procedural track's offset from its
+  centreline); `make_params` validates the track first (`check_track`) and raises naming the problem.
 - Collisions: three discs along the car's axis against a signed distance field of the walls (exact
-  point-to-segment distances on a `grid_resolution` grid, bilinear lookup, negative off the track). A
+  point-to-segment distances within 1 m of a wall on a `grid_resolution` grid, from a Euclidean distance
+  transform; bilinear lookup, negative off the track). A
   physics step that would put a disc into a wall is undone and the car stopped (it can reverse out), and
   `wall_collision` is set.
 - Progress: a grid of nearest-centreline arc fraction; progress is unwrapped step to step (a jump over 0.5
@@ -43,10 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from matplotlib.path import Path as MplPath
 from scipy import ndimage
 
-from src.envs.tracks import Track, get_track
+from src.envs.tracks import Track, check_track, get_track, loop_segments, point_segment_distance
 
 Obs = dict[str, jax.Array]
 
@@ -147,21 +149,13 @@ class EnvState:
 # ------------------------------------------------------------------------------------------ building
 
 
-def _segment_distance(px: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """Distance from points [..., 2] to segments [..., 4] (broadcast)."""
-    a, b = seg[..., :2], seg[..., 2:]
-    e = b - a
-    u = np.clip(((px - a) * e).sum(-1) / np.maximum((e * e).sum(-1), 1e-12), 0.0, 1.0)
-    return np.linalg.norm(px - (a + u[..., None] * e), axis=-1)
-
-
 def _nearest_index_grid(points: np.ndarray, origin: np.ndarray, res: float, shape) -> np.ndarray:
     """For every grid cell, the index (into `points`) of a nearby rasterised point (EDT nearest marked cell)."""
     ij = np.floor((points - origin) / res).astype(np.int64)
     ij = np.clip(ij, 0, np.array(shape[::-1]) - 1)
     owner = np.full(shape, -1, np.int64)
     owner[ij[:, 1], ij[:, 0]] = np.arange(len(points))
-    _, idx = ndimage.distance_transform_edt(owner < 0, return_indices=True)
+    idx = ndimage.distance_transform_edt(owner < 0, return_distances=False, return_indices=True)
     return owner[idx[0], idx[1]]
 
 
@@ -171,11 +165,13 @@ def _corners(grid: np.ndarray) -> np.ndarray:
     return np.stack([g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]], -1).reshape(-1, 4)
 
 
-def _ray_depth(walls: np.ndarray, track: Track, max_range: float, windows: tuple[float, ...]) -> list[float]:
+def _ray_depth(
+    walls: np.ndarray, track: Track, max_range: float, windows: tuple[float, ...], max_poses: int = 512
+) -> list[float]:
     """Pairs per ray to sweep in one chunk of `cast_rays`, for fans `windows` rad wide: 1.1 x the largest mean
     number of sensor-facing in-range segments over any such fan, seen from poses across the track (centreline
-    and +-60 % of the half-widths). `walls` are oriented (track on the left). Poses that see more take a
-    second chunk."""
+    and +-60 % of the half-widths; at most `max_poses` of them, evenly spread). `walls` are oriented (track on
+    the left). Poses that see more take a second chunk."""
     t = np.roll(track.centreline, -1, 0) - np.roll(track.centreline, 1, 0)
     n = np.stack([-t[:, 1], t[:, 0]], 1) / np.linalg.norm(t, axis=1, keepdims=True)
     origins = np.concatenate(
@@ -183,20 +179,25 @@ def _ray_depth(walls: np.ndarray, track: Track, max_range: float, windows: tuple
             track.centreline + f * n * np.where(f > 0, track.width_left, track.width_right)[:, None]
             for f in (-0.6, 0.0, 0.6)
         ]
-    )[::3]
+    )
+    origins = origins[:: max(3, int(np.ceil(len(origins) / max_poses)))]
     a = walls[None, :, :2] - origins[:, None]
     b = walls[None, :, 2:] - origins[:, None]
     cross = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
-    keep = (cross > 0) & (_segment_distance(origins[:, None], walls[None]) < max_range)
+    rows, cols = np.nonzero(cross > 0)
+    near = point_segment_distance(origins[rows], walls[cols]) < max_range
+    rows, cols = rows[near], cols[near]
+    a, b, cross = a[rows, cols], b[rows, cols], cross[rows, cols]
     bins = 1440
-    x = np.mod(np.arctan2(a[..., 1], a[..., 0]), 2 * np.pi) * (bins / (2 * np.pi))
+    x = np.mod(np.arctan2(a[:, 1], a[:, 0]), 2 * np.pi) * (bins / (2 * np.pi))
     start = np.ceil(x).astype(int)  # rays of a `bins`-ray circle inside each span, as `cast_rays` counts them
     stop = np.floor(x + np.arctan2(cross, (a * b).sum(-1)) * (bins / (2 * np.pi))).astype(int) + 1
-    rows = np.broadcast_to(np.arange(len(origins))[:, None], start.shape)
-    diff = np.zeros((len(origins), 2 * bins + 2))
-    np.add.at(diff, (rows[keep], start[keep]), 1.0)
-    np.add.at(diff, (rows[keep], stop[keep]), -1.0)
-    depth = np.cumsum(diff, 1)
+    width = 2 * bins + 2
+    size = len(origins) * width
+    spans = np.bincount(rows * width + start, minlength=size) - np.bincount(
+        rows * width + stop, minlength=size
+    )
+    depth = np.cumsum(spans.reshape(len(origins), width), 1)
     depth = depth[:, :bins] + depth[:, bins : 2 * bins]  # fold the wrap-around
     out = []
     for window in windows:
@@ -206,10 +207,83 @@ def _ray_depth(walls: np.ndarray, track: Track, max_range: float, windows: tuple
     return out
 
 
+def _inside_grid(walls: np.ndarray, origin: np.ndarray, res: float, shape) -> np.ndarray:
+    """[H, W] whether each cell centre lies on the track: even-odd rule over all wall loops, by scanlines (each
+    segment crossing a row of cell centres toggles the cells right of the crossing)."""
+    y0, y1 = walls[:, 1], walls[:, 3]
+    row_lo = np.ceil((np.minimum(y0, y1) - origin[1]) / res - 0.5).astype(np.int64)
+    row_hi = np.ceil((np.maximum(y0, y1) - origin[1]) / res - 0.5).astype(np.int64)  # half-open [lo, hi)
+    count = np.maximum(row_hi - row_lo, 0)
+    seg = np.repeat(np.arange(len(walls)), count)
+    row = row_lo[seg] + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    yc = origin[1] + (row + 0.5) * res
+    x = walls[seg, 0] + (yc - y0[seg]) / (y1[seg] - y0[seg]) * (walls[seg, 2] - walls[seg, 0])
+    col = np.clip(np.ceil((x - origin[0]) / res - 0.5).astype(np.int64), 0, shape[1])
+    ok = (row >= 0) & (row < shape[0])
+    width = shape[1] + 1
+    toggles = np.bincount(row[ok] * width + col[ok], minlength=shape[0] * width).reshape(shape[0], width)
+    return (np.cumsum(toggles, axis=1)[:, :-1] % 2).astype(bool)
+
+
+def _distance_grid(walls, wall_next, wall_prev, origin, res, shape, band: float = 0.5) -> np.ndarray:
+    """[H, W] signed distance (m, + on the track) from each cell centre to the nearest wall segment.
+
+    A Euclidean distance transform gives each cell a nearby wall sample (samples every res / 2); within
+    `band` m of a wall the distance is exact (from the sample's segment, walking along the loop while a
+    nearby segment is nearer), beyond it the distance to that sample (within about a cell of exact).
+    The sign is the even-odd rule on the loops."""
+    lengths = np.linalg.norm(walls[:, 2:] - walls[:, :2], axis=1)
+    k = np.maximum(np.ceil(lengths / (res / 2)).astype(int), 1)
+    seg_id = np.repeat(np.arange(len(walls)), k)
+    frac = np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)
+    samples = walls[seg_id, :2] + (frac / k[seg_id])[:, None] * (walls[seg_id, 2:] - walls[seg_id, :2])
+    nearest = _nearest_index_grid(samples, origin, res, shape)
+    cx = (origin[0] + (np.arange(shape[1]) + 0.5) * res).astype(np.float32)
+    cy = (origin[1] + (np.arange(shape[0]) + 0.5) * res).astype(np.float32)
+    sample32 = samples.astype(np.float32)
+    dist = np.hypot(cx[None, :] - sample32[nearest, 0], cy[:, None] - sample32[nearest, 1]).reshape(-1)
+    near = np.flatnonzero(dist < band)
+    rows, cols = np.divmod(near, shape[1])
+    centres = np.stack([cx[cols], cy[rows]], 1).astype(np.float64)
+    seg = seg_id[nearest.reshape(-1)[near]]
+    best = point_segment_distance(centres, walls[seg])
+    moving = np.arange(len(near))
+    while len(moving):  # walk along the loop while one of the 2 segments either side is nearer (2: a vertex
+        back, ahead = wall_prev[seg[moving]], wall_next[seg[moving]]  # is shared, so ties come in pairs)
+        step = np.stack([wall_prev[back], back, ahead, wall_next[ahead]])
+        d = np.stack([point_segment_distance(centres[moving], walls[i]) for i in step])
+        k = np.argmin(d, 0)
+        lane = np.arange(len(moving))
+        better = d[k, lane] < best[moving]
+        moving, k, lane = moving[better], k[better], lane[better]
+        seg[moving] = step[k, lane]
+        best[moving] = d[k, lane]
+    dist[near] = best
+    return np.where(_inside_grid(walls, origin, res, shape), dist.reshape(shape), -dist.reshape(shape))
+
+
+def _oriented_walls(track: Track) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(walls [M, 4], wall_next, wall_prev, wall_side): the track's two wall loops as segments with the track
+    on their left (the left wall runs against the driving direction), each followed by the segment that
+    starts where it ends; side 0 = left wall, 1 = right wall."""
+    left, right = track.boundaries()
+    walls = np.concatenate([loop_segments(left[::-1]), loop_segments(right)])
+    sizes = np.array([len(left), len(right)])
+    base = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    size = np.repeat(sizes, sizes)
+    idx = np.arange(len(walls)) - base
+    return walls, base + (idx + 1) % size, base + (idx - 1) % size, np.repeat([0, 1], sizes)
+
+
 def make_params(
     track: Track | str = "default", *, grid_resolution: float = 0.05, **settings: Any
 ) -> EnvParams:
-    """EnvParams for `track` (a `Track`, bundled name or map path); `settings` override static fields."""
+    """EnvParams for `track` (a `Track`, bundled name or map path); `settings` override static fields.
+
+    The track is validated first (`check_track`: a clear error naming the track and the problem, e.g. offset
+    walls that fold over at a hairpin tighter than the track's half-width). Walls are the track's two wall
+    loops (a map's traced from its image, otherwise offset from the centreline), as segments oriented with
+    the track on their left, which the polar-sweep `cast_rays` relies on."""
     if not isinstance(track, Track):
         track = get_track(track)
     static = {f.name for f in dataclasses.fields(EnvParams) if not f.metadata.get("pytree_node", True)}
@@ -220,38 +294,13 @@ def make_params(
         )
     if settings.get("reset_mode", "grid") not in ("grid", "random"):
         raise ValueError(f"make_params: reset_mode {settings['reset_mode']!r} is not 'grid' or 'random'")
-    walls = track.walls().astype(np.float64)
-    m = len(walls)
-    n_left = len(track.centreline)
-    idx = np.arange(m)
-    base = np.where(idx < n_left, 0, n_left)
-    size = np.where(idx < n_left, n_left, m - n_left)
-    wall_prev = base + (idx - base - 1) % size
-    wall_next = base + (idx - base + 1) % size
+    check_track(track)
+    walls, wall_next, wall_prev, wall_side = _oriented_walls(track)
 
     res = float(grid_resolution)
     lo, hi = track.bounds(margin=1.0)
     shape = tuple(int(v) for v in np.ceil((hi - lo) / res)[::-1])  # (H rows = y, W cols = x)
-    cy, cx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    centres = lo + (np.stack([cx, cy], -1) + 0.5) * res
-    # Wall samples every res/2 with their segment id; the nearest sample's segment and its neighbours give
-    # the exact distance at each cell centre.
-    lengths = np.linalg.norm(walls[:, 2:] - walls[:, :2], axis=1)
-    k = np.maximum(np.ceil(lengths / (res / 2)).astype(int), 1)
-    seg_id = np.repeat(idx, k)
-    frac = np.concatenate([np.arange(n) / n for n in k])
-    samples = walls[seg_id, :2] + frac[:, None] * (walls[seg_id, 2:] - walls[seg_id, :2])
-    near = seg_id[_nearest_index_grid(samples, lo, res, shape)]
-    cands = np.stack(
-        [wall_prev[wall_prev[near]], wall_prev[near], near, wall_next[near], wall_next[wall_next[near]]], -1
-    )
-    d = _segment_distance(centres[..., None, :], walls[cands])
-    best = np.argmin(d, axis=-1)
-    dist = np.take_along_axis(d, best[..., None], -1)[..., 0]
-    left, right = track.boundaries()
-    flat = centres.reshape(-1, 2)
-    inside = MplPath(left).contains_points(flat) ^ MplPath(right).contains_points(flat)
-    dist = np.where(inside.reshape(shape), dist, -dist)  # signed: rays marching past a wall come back
+    dist = _distance_grid(walls, wall_next, wall_prev, lo, res, shape)
     # Progress: dense centreline samples carrying their lap fraction.
     c = track.centreline
     closed = np.concatenate([c, c[:1]])
@@ -261,22 +310,18 @@ def make_params(
     progress_grid = (s_dense / track.length)[_nearest_index_grid(dense, lo, res, shape)]
     t = np.roll(c, -1, 0) - np.roll(c, 1, 0)
     x0, y0, yaw0 = track.start_pose()
-    # The left wall runs with the track on its right: flip it, so that every segment has the track on its
-    # left and the segment that follows it is its predecessor in the polyline.
-    left_wall = idx < n_left
-    oriented = np.where(left_wall[:, None], walls[:, [2, 3, 0, 1]], walls)
     get = {f.name: f.default for f in dataclasses.fields(EnvParams)} | settings
     fans = {"ray_depth": get["lidar_fov"], "camera_ray_depth": np.deg2rad(get["camera_fov"])}
     unset = [key for key in fans if not get[key]]  # the camera's too: `camera()` works without `camera=True`
     if unset:
-        depths = _ray_depth(oriented, track, get["lidar_range"], tuple(fans[k] for k in unset))
+        depths = _ray_depth(walls, track, get["lidar_range"], tuple(fans[k] for k in unset))
         settings.update(zip(unset, depths))
 
     f32 = jnp.float32
     return EnvParams(
-        walls=jnp.asarray(oriented, f32),
-        wall_next=jnp.asarray(np.where(left_wall, wall_prev, wall_next), jnp.int32),
-        wall_side=jnp.asarray(idx >= n_left, jnp.int32),
+        walls=jnp.asarray(walls, f32),
+        wall_next=jnp.asarray(wall_next, jnp.int32),
+        wall_side=jnp.asarray(wall_side, jnp.int32),
         dist=jnp.asarray(dist, f32),
         dist_corners=jnp.asarray(_corners(dist), f32),
         progress_grid=jnp.asarray(progress_grid, f32),

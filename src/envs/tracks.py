@@ -1,11 +1,15 @@
 """Track geometry shared by both simulators: a closed centreline with left/right widths.
 
-Everything else derives from it: the wall polylines (what the PyBullet mesh and the JAX distance field are
-built from), progress along the centreline (laps, checkpoints, wrong-way detection) and the start pose.
-Tracks come from a seeded procedural generator, or from ROS map_server maps (PNG/PGM + YAML) with the
-centreline either read from an F1TENTH waypoint CSV (`# x_m, y_m, w_tr_right_m, w_tr_left_m`) or extracted
-from the free space (mid-level set between the inner and outer obstacles). The bundled tracks in
-`src/envs/tracks/` were written by `python -m src.envs.tracks` from fixed seeds and load through `load_map`.
+Everything else derives from it: progress along the centreline (laps, checkpoints, wrong-way detection), the
+start pose and, unless the track carries its own, the walls (what the PyBullet mesh and the JAX distance field
+are built from). Tracks come from a seeded procedural generator (walls offset from the centreline by the
+widths), or from ROS map_server maps (PNG/PGM + YAML). A map's walls are traced from its image, which is the
+ground truth: the two boundaries of the free region that forms the loop (the connected free component with
+one enclosed obstacle; maps that draw walls as thin lines have free space outside them too). Its centreline is
+read from an F1TENTH waypoint CSV (`# x_m, y_m, w_tr_right_m, w_tr_left_m`; the CSV's widths are replaced by
+the measured distances to the traced walls) or extracted as the mid-line of that loop. `check_track` validates
+every track the simulators are built from. The bundled tracks in `src/envs/tracks/` were written by
+`python -m src.envs.tracks` from fixed seeds and load through `load_map`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class Track:
     centreline: np.ndarray  # [N, 2] metres, closed loop, first point not repeated
     width_left: np.ndarray  # [N] metres from the centreline to the left wall
     width_right: np.ndarray  # [N]
+    # Walls given explicitly (a map's, traced from its image): closed polylines [K, 2] running in the driving
+    # direction, first point not repeated. None: the walls are the centreline offset by the widths.
+    left_wall: np.ndarray | None = None
+    right_wall: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         c = np.asarray(self.centreline, np.float64)
@@ -56,6 +64,15 @@ class Track:
         object.__setattr__(self, "centreline", c)
         object.__setattr__(self, "width_left", wl)
         object.__setattr__(self, "width_right", wr)
+        if (self.left_wall is None) != (self.right_wall is None):
+            raise ValueError(f"track {self.name!r}: give both left_wall and right_wall, or neither")
+        for side in ("left_wall", "right_wall"):
+            if getattr(self, side) is None:
+                continue
+            w = np.asarray(getattr(self, side), np.float64)
+            if w.ndim != 2 or w.shape[1] != 2 or len(w) < 3 or not np.isfinite(w).all():
+                raise ValueError(f"track {self.name!r}: {side} must be finite [K >= 3, 2], got {w.shape}")
+            object.__setattr__(self, side, w)
 
     # ------------------------------------------------------------------------------------ geometry
 
@@ -69,8 +86,15 @@ class Track:
     def length(self) -> float:
         return float(np.linalg.norm(np.roll(self.centreline, -1, axis=0) - self.centreline, axis=1).sum())
 
+    @property
+    def offset_walls(self) -> bool:
+        """Whether the walls are the centreline offset by the widths (no explicit walls)."""
+        return self.left_wall is None
+
     def boundaries(self) -> tuple[np.ndarray, np.ndarray]:
-        """Left and right wall vertices [N, 2] each (closed polylines)."""
+        """Left and right wall vertices (closed polylines in the driving direction, first point not repeated)."""
+        if not self.offset_walls:
+            return self.left_wall, self.right_wall
         t = _tangents(self.centreline)
         n = np.stack([-t[:, 1], t[:, 0]], axis=1)  # left normal
         return (
@@ -79,9 +103,8 @@ class Track:
         )
 
     def walls(self) -> np.ndarray:
-        """[2N, 4] float32 wall segments (x0, y0, x1, y1): the left boundary, then the right one."""
-        segs = [np.concatenate([b, np.roll(b, -1, axis=0)], axis=1) for b in self.boundaries()]
-        return np.concatenate(segs).astype(np.float32)
+        """[M, 4] float32 wall segments (x0, y0, x1, y1): the left boundary, then the right one."""
+        return np.concatenate([loop_segments(b) for b in self.boundaries()]).astype(np.float32)
 
     def project(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Arc length (m) of the nearest point on the centreline polyline and the distance to it, for [..., 2]."""
@@ -138,55 +161,151 @@ class Track:
 # ---------------------------------------------------------------------------------------- validation
 
 
-def _segments_intersect(segs: np.ndarray, closed_len: np.ndarray) -> bool:
-    """Whether any two non-adjacent segments of the polylines properly cross (orientation test, all pairs).
+def point_segment_distance(px: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """Distance from points [..., 2] to segments [..., 4] (x0, y0, x1, y1), broadcast."""
+    a, b = seg[..., :2], seg[..., 2:]
+    e = b - a
+    u = np.clip(((px - a) * e).sum(-1) / np.maximum((e * e).sum(-1), 1e-12), 0.0, 1.0)
+    return np.linalg.norm(px - (a + u[..., None] * e), axis=-1)
 
-    `closed_len` gives the length of each closed polyline in `segs` (in order), so that consecutive segments
-    of one loop, which share an end point, are not counted.
+
+def loop_segments(loop: np.ndarray) -> np.ndarray:
+    """[K, 4] segments of a closed polyline [K, 2] (first point not repeated)."""
+    return np.concatenate([loop, np.roll(loop, -1, axis=0)], axis=1)
+
+
+def distance_to_loop(points: np.ndarray, loop: np.ndarray) -> np.ndarray:
+    """[P] distance from points [P, 2] to a closed polyline: a KD-tree over samples along it (at most 5 cm or
+    a quarter segment apart) finds each point's nearest sample, whose segment and its two neighbours give the
+    exact distance (within half the sample spacing where the nearest segment is farther along the loop)."""
+    from scipy.spatial import cKDTree
+
+    segs = loop_segments(loop)
+    lengths = np.linalg.norm(segs[:, 2:] - segs[:, :2], axis=1)
+    k = np.maximum(np.ceil(lengths / min(0.05, 0.25 * float(np.median(lengths)))).astype(int), 1)
+    seg_id = np.repeat(np.arange(len(segs)), k)
+    frac = (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)) / k[seg_id]
+    samples = segs[seg_id, :2] + frac[:, None] * (segs[seg_id, 2:] - segs[seg_id, :2])
+    seg = seg_id[cKDTree(samples).query(points)[1]]
+    return np.min([point_segment_distance(points, segs[(seg + o) % len(segs)]) for o in (-1, 0, 1)], 0)
+
+
+def signed_area(loop: np.ndarray) -> float:
+    """Shoelace area of a closed polyline: positive when it runs counter-clockwise."""
+    x, y = loop[:, 0], loop[:, 1]
+    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def inside_loop(point: np.ndarray, loop: np.ndarray) -> bool:
+    """Whether a point [2] lies inside a closed polyline (even-odd rule)."""
+    a, b = loop, np.roll(loop, -1, axis=0)
+    spans = (a[:, 1] > point[1]) != (b[:, 1] > point[1])
+    x = a[spans, 0] + (point[1] - a[spans, 1]) / (b[spans, 1] - a[spans, 1]) * (b[spans, 0] - a[spans, 0])
+    return bool((x > point[0]).sum() % 2)
+
+
+def _crossing_pairs(segs: np.ndarray, closed_len: np.ndarray) -> np.ndarray:
+    """[K, 2] pairs of non-adjacent segments that properly cross (orientation test).
+
+    `closed_len` gives the number of segments of each closed polyline in `segs` (in order), so that
+    consecutive segments of one loop, which share an end point, are not counted. Segments are bucketed on a
+    grid of cells about two median segment lengths wide and only segments that share a cell are tested, so
+    the cost grows with the number of segments, not its square.
     """
     p, q = segs[:, :2], segs[:, 2:]
+    lo, hi = np.minimum(p, q), np.maximum(p, q)
+    corner = lo.min(0)
+    extent = float((hi.max(0) - corner).max())
+    cell = max(2.0 * float(np.median(np.linalg.norm(q - p, axis=1))), extent / 2048, 1e-9)
+    c0 = np.floor((lo - corner) / cell).astype(np.int64)
+    c1 = np.floor((hi - corner) / cell).astype(np.int64)
+    nx, ny = c1[:, 0] - c0[:, 0] + 1, c1[:, 1] - c0[:, 1] + 1
+    count = nx * ny
+    seg = np.repeat(np.arange(len(segs)), count)
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    key = (c0[seg, 0] + k % nx[seg]) * (int(c1[:, 1].max()) + 1) + c0[seg, 1] + k // nx[seg]
+    order = np.lexsort((seg, key))
+    key, seg = key[order], seg[order]
+    pairs = [np.zeros((0, 2), np.int64)]
+    for off in range(1, len(key)):  # the members of a cell are consecutive after sorting
+        same = key[off:] == key[:-off]
+        if not same.any():
+            break
+        pairs.append(np.stack([seg[:-off][same], seg[off:][same]], 1))
+    pairs = np.unique(np.concatenate(pairs), axis=0)
+    i, j = pairs[:, 0], pairs[:, 1]
 
     def orient(a, b, c):
-        return np.sign(
-            (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1])
-            - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
-        )
+        return np.sign((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
 
-    P1, Q1 = p[:, None], q[:, None]
-    P2, Q2 = p[None], q[None]
-    cross = (orient(P1, Q1, P2) * orient(P1, Q1, Q2) < 0) & (orient(P2, Q2, P1) * orient(P2, Q2, Q1) < 0)
+    cross = (orient(p[i], q[i], p[j]) * orient(p[i], q[i], q[j]) < 0) & (
+        orient(p[j], q[j], p[i]) * orient(p[j], q[j], q[i]) < 0
+    )
     loop = np.repeat(np.arange(len(closed_len)), closed_len)
     idx = np.concatenate([np.arange(n) for n in closed_len])
-    n_of = np.repeat(closed_len, closed_len)
-    same = loop[:, None] == loop[None]
-    gap = np.abs(idx[:, None] - idx[None])
-    adjacent = same & ((gap <= 1) | (gap >= n_of[:, None] - 1))
-    return bool((cross & ~adjacent).any())
+    gap = np.abs(idx[i] - idx[j])
+    adjacent = (loop[i] == loop[j]) & ((gap <= 1) | (gap >= closed_len[loop[i]] - 1))
+    return pairs[cross & ~adjacent]
 
 
 def check_track(track: Track, min_width: float = 0.0, min_gap: float = 0.0) -> None:
-    """Raise ValueError when the track self-intersects, is narrower than `min_width` (left + right), or when
-    a wall comes closer than `min_gap` to another part of the track's corridor."""
+    """Raise ValueError, naming the track and where, when it cannot be driven as built: narrower than
+    `min_width` (left + right), offset walls that fold over at a turn tighter than the width on its inside,
+    a centreline or wall that crosses itself or another, explicit walls that do not run on either side of the
+    centreline in the driving direction, or (offset walls, the procedural generator's clearance rule) a wall
+    within `min_gap` of another part of the corridor. The simulators call it on every track they build."""
+    name = track.name
+    s = track.arc_length
     total = track.width_left + track.width_right
     if total.min() < min_width - 1e-9:
-        raise ValueError(f"track {track.name!r}: width {total.min():.3f} m < min_width {min_width} m")
-    n = len(track.centreline)
-    left, right = track.boundaries()
+        i = int(np.argmin(total))
+        raise ValueError(
+            f"track {name!r}: width {total[i]:.3f} m at s = {s[i]:.1f} m < min_width {min_width} m"
+        )
     c = track.centreline
-    segs = np.concatenate([np.concatenate([b, np.roll(b, -1, axis=0)], axis=1) for b in (c, left, right)])
-    if _segments_intersect(segs, np.array([n, n, n])):
-        raise ValueError(f"track {track.name!r}: centreline or walls self-intersect")
+    if track.offset_walls:
+        k = track.curvature()
+        inside = np.where(k > 0, track.width_left, track.width_right)
+        fold = np.abs(k) * inside
+        if fold.max() >= 1.0:
+            i = int(np.argmax(fold))
+            raise ValueError(
+                f"track {name!r}: at s = {s[i]:.1f} m ({c[i, 0]:.2f}, {c[i, 1]:.2f}) the centreline turns with "
+                f"radius {1.0 / abs(k[i]):.2f} m, tighter than the {inside[i]:.2f} m width on the inside of the "
+                "turn, so the walls offset from it fold over (self-intersect); ease the turn, narrow the track "
+                "there, or give the track its walls (a map, traced from its image by load_map)"
+            )
+    left, right = track.boundaries()
+    loops = (c, left, right)
+    what = np.repeat(np.array(["centreline", "left wall", "right wall"]), [len(b) for b in loops])
+    segs = np.concatenate([loop_segments(b) for b in loops])
+    crossing = _crossing_pairs(segs, np.array([len(b) for b in loops]))
+    if len(crossing):
+        i, j = crossing[0]
+        x, y = segs[i, :2]
+        raise ValueError(
+            f"track {name!r}: centreline or walls self-intersect ({len(crossing)} crossing(s); the first between "
+            f"the {what[i]} and the {what[j]} near ({x:.2f}, {y:.2f}))"
+        )
+    if not track.offset_walls:
+        direction = np.sign(signed_area(c))
+        inner, outer = (left, right) if direction > 0 else (right, left)
+        if np.sign(signed_area(left)) != direction or np.sign(signed_area(right)) != direction:
+            raise ValueError(f"track {name!r}: the walls do not run in the centreline's driving direction")
+        if not (inside_loop(c[0], outer) and not inside_loop(c[0], inner) and inside_loop(inner[0], outer)):
+            raise ValueError(
+                f"track {name!r}: the centreline does not run between its walls (left wall on its left, right "
+                "wall on its right)"
+            )
+        return
     # A wall vertex must stay outside every other part's corridor (+ gap); "other part" = far along the loop.
-    s = track.arc_length
     ds = np.abs(s[:, None] - s[None])
     far = np.minimum(ds, track.length - ds) > 3.0 * total.max()
     half = np.maximum(track.width_left, track.width_right)
     for wall in (left, right):
         d = np.linalg.norm(wall[:, None] - c[None], axis=-1)
         if (far & (d < half[None] + min_gap)).any():
-            raise ValueError(
-                f"track {track.name!r}: a wall comes within {min_gap} m of another part of the track"
-            )
+            raise ValueError(f"track {name!r}: a wall comes within {min_gap} m of another part of the track")
 
 
 # ---------------------------------------------------------------------------------------- procedural
@@ -364,70 +483,184 @@ def read_waypoints(csv_path: str | Path) -> tuple[np.ndarray, np.ndarray, np.nda
     return table[:, :2], table[:, 2], table[:, 3]
 
 
-def _extract_centreline(free: np.ndarray, res: float, origin: np.ndarray, path: Path, spacing: float):
-    """Centreline of the largest free region: the zero level set of (distance to the inner obstacle) minus
-    (distance to the outer obstacles), which is the loop midway between the walls."""
-    import contourpy
+def _world_to_pixels(
+    points: np.ndarray, shape, res: float, origin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `_pixels_to_world`: continuous (cols, rows) of world points [..., 2]."""
+    c, s = np.cos(origin[2]), np.sin(origin[2])
+    dx, dy = points[..., 0] - origin[0], points[..., 1] - origin[1]
+    x, y = c * dx + s * dy, -s * dx + c * dy
+    return x / res - 0.5, shape[0] - 1 - (y / res - 0.5)
 
-    labels, n = ndimage.label(free)
+
+def _free_loop(free: np.ndarray, path: Path, seeds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(loop, infield) masks: the free component that forms the track's loop and the obstacle it encloses.
+
+    With `seeds` ([K, 2] (row, col) pixels, e.g. the waypoints), the component most of them lie in. Without,
+    the loop is found by topology: a free component that does not touch the image border and encloses an
+    obstacle, and whose enclosed region holds no other such component (maps that draw the walls as thin lines
+    have free space outside the track, which encloses the track, and inside it, which encloses nothing)."""
+    labels, n = ndimage.label(free)  # 4-connected free space; the obstacles are 8-connected
     if n == 0:
         raise ValueError(f"{path}: the map has no free space")
-    region = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    blocked_labels, nb = ndimage.label(~region)
-    border = np.unique(
-        np.concatenate([blocked_labels[0], blocked_labels[-1], blocked_labels[:, 0], blocked_labels[:, -1]])
-    )
-    inner = [i for i in range(1, nb + 1) if i not in set(border.tolist())]
-    if not inner:
-        raise ValueError(f"{path}: the free space is not a loop around an obstacle; pass a waypoint CSV")
-    sizes = ndimage.sum_labels(np.ones_like(blocked_labels), blocked_labels, inner)
-    hole = blocked_labels == inner[int(np.argmax(sizes))]
+    if seeds is not None:
+        r, c = np.round(seeds).astype(np.int64).T
+        ok = (r >= 0) & (r < free.shape[0]) & (c >= 0) & (c < free.shape[1])
+        hits = np.bincount(labels[r[ok], c[ok]], minlength=n + 1)[1:]
+        if hits.sum() == 0:
+            raise ValueError(f"{path}: none of the waypoints lies in the map's free space")
+        candidates = [int(np.argmax(hits)) + 1]
+    else:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        on_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        candidates = [
+            i + 1 for i in np.flatnonzero(sizes >= 0.01 * sizes.max()) if i + 1 not in set(on_border.tolist())
+        ]
+    rings = {}
+    for lab in candidates:
+        region = labels == lab
+        others, m = ndimage.label(~region, structure=np.ones((3, 3), bool))
+        border = set(np.unique(np.concatenate([others[0], others[-1], others[:, 0], others[:, -1]])).tolist())
+        holes = [i for i in range(1, m + 1) if i not in border]
+        if holes:
+            rings[lab] = (region, others, holes)
+    if not rings:
+        where = "around the waypoints" if seeds is not None else "of the map"
+        raise ValueError(
+            f"{path}: no free region {where} forms a loop around an obstacle (the track must be a closed "
+            "corridor with walls on both sides)"
+        )
+    innermost = [
+        lab
+        for lab, (_, others, holes) in rings.items()
+        if not any(np.isin(others[labels == other], holes).any() for other in rings if other != lab)
+    ]
+    if len(innermost) != 1:
+        raise ValueError(
+            f"{path}: {len(innermost)} separate free loops; pass a waypoint CSV to pick the track"
+        )
+    region, others, holes = rings[innermost[0]]
+    if len(holes) > 1:
+        sizes = ndimage.sum_labels(np.ones_like(others), others, holes)
+        small = holes[int(np.argmin(sizes))]
+        r, c = np.argwhere(others == small)[0]
+        raise ValueError(
+            f"{path}: the track's free loop encloses {len(holes)} separate obstacles (one at pixel row {r}, "
+            f"column {c}); a track has one infield, so remove obstacles and specks inside the track from the image"
+        )
+    return region, others == holes[0]
+
+
+def _simplify(points: np.ndarray, tol: float) -> np.ndarray:
+    """Keep-mask of an open polyline's vertices such that every dropped vertex lies within `tol` of the
+    segment that replaces it (Douglas-Peucker); the end points are kept."""
+    keep = np.zeros(len(points), bool)
+    keep[[0, -1]] = True
+    stack = [(0, len(points) - 1)]
+    while stack:
+        i, j = stack.pop()
+        if j <= i + 1:
+            continue
+        a, e = points[i], points[j] - points[i]
+        rel = points[i + 1 : j] - a
+        norm = np.hypot(*e)
+        d = np.abs(e[0] * rel[:, 1] - e[1] * rel[:, 0]) / norm if norm > 0 else np.hypot(rel[:, 0], rel[:, 1])
+        k = int(np.argmax(d))
+        if d[k] > tol:
+            keep[i + 1 + k] = True
+            stack += [(i, i + 1 + k), (i + 1 + k, j)]
+    return keep
+
+
+def _simplify_closed(loop: np.ndarray, tol: float) -> np.ndarray:
+    """A closed polyline with vertices dropped while every dropped one stays within `tol` of the result
+    (vertices on a straight run first, then Douglas-Peucker on each half of the loop)."""
+    turn = np.roll(loop, -1, 0) - loop
+    back = loop - np.roll(loop, 1, 0)
+    straight = (np.abs(back[:, 0] * turn[:, 1] - back[:, 1] * turn[:, 0]) < 1e-9) & ((back * turn).sum(1) > 0)
+    loop = loop[~straight]
+    far = int(np.argmax(np.linalg.norm(loop - loop[0], axis=1)))
+    head = _simplify(loop[: far + 1], tol)
+    tail = _simplify(np.concatenate([loop[far:], loop[:1]]), tol)
+    return loop[np.concatenate([head[:-1], tail[:-1]])]
+
+
+def _trace_walls(region: np.ndarray, path: Path, tol_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """(outer, inner) boundaries of the loop mask as closed polylines in pixel (col, row) coordinates: the
+    0.5 level of the mask, which runs along the pixel edges between the loop and the obstacles and cuts their
+    corners (within 0.36 px of the edges), simplified to within `tol_px`."""
+    import contourpy
+
+    lines = contourpy.contour_generator(z=np.pad(region, 1).astype(np.float32)).lines(0.5)
+    loops = [line[:-1] - 1.0 if np.allclose(line[0], line[-1]) else line - 1.0 for line in lines]
+    if len(loops) != 2:
+        raise ValueError(
+            f"{path}: the track's free loop has {len(loops)} boundary curves, expected 2 (outer and inner wall); "
+            "thin the walls' diagonal pinches or clear specks at the track's edges in the image"
+        )
+    outer, inner = sorted(loops, key=lambda loop: -abs(signed_area(loop)))
+    return _simplify_closed(outer, tol_px), _simplify_closed(inner, tol_px)
+
+
+def _extract_centreline(region: np.ndarray, infield: np.ndarray, path: Path, spacing_px: float) -> np.ndarray:
+    """Mid-line of the loop in pixel (col, row) coordinates, `spacing_px` apart: the zero level set of
+    (distance to the infield) minus (distance to the outer obstacles) inside the loop."""
+    import contourpy
+
+    padded, padded_infield = np.pad(region, 1), np.pad(infield, 1)
+    rows, cols = np.nonzero(padded)
+    r0, r1, c0, c1 = rows.min() - 1, rows.max() + 2, cols.min() - 1, cols.max() + 2  # keep an obstacle rim
+    crop, hole = padded[r0:r1, c0:c1], padded_infield[r0:r1, c0:c1]
     d_in = ndimage.distance_transform_edt(~hole)
-    d_out = ndimage.distance_transform_edt(region | hole)
-    f = np.where(region, d_in - d_out, np.nan)
+    d_out = ndimage.distance_transform_edt(crop | hole)
+    f = np.where(crop, d_in - d_out, np.nan)
     lines = contourpy.contour_generator(z=np.ma.masked_invalid(f)).lines(0.0)
     if not lines:
-        raise ValueError(f"{path}: could not trace a centreline in the free space")
+        raise ValueError(f"{path}: could not trace a centreline in the free loop")
     line = max(lines, key=len)
     if np.allclose(line[0], line[-1]):
         line = line[:-1]
-    cols, rows = line[:, 0], line[:, 1]
-    pts = _pixels_to_world(cols, rows, free.shape, res, origin)
-    # Widths: distance to the obstacle pixel centres minus half a pixel (the wall is the pixel edge).
-    w_in = (ndimage.map_coordinates(d_in, [rows, cols], order=1) - 0.5) * res
-    w_out = (ndimage.map_coordinates(d_out, [rows, cols], order=1) - 0.5) * res
-    perim = np.linalg.norm(np.diff(np.concatenate([pts, pts[:1]]), axis=0), axis=1).sum()
-    n_pts = max(int(perim / spacing), 16)
-    sigma = max(1.0, 2.0 * len(pts) / n_pts)
-    pts = ndimage.gaussian_filter1d(pts, sigma, axis=0, mode="wrap")
-    w_in = ndimage.gaussian_filter1d(w_in, sigma, mode="wrap")
-    w_out = ndimage.gaussian_filter1d(w_out, sigma, mode="wrap")
-    closed = np.concatenate([pts, pts[:1]])
-    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(closed, axis=0), axis=1))])
-    t = np.linspace(0.0, s[-1], n_pts, endpoint=False)
-    centre = np.stack([np.interp(t, s, closed[:, 0]), np.interp(t, s, closed[:, 1])], axis=1)
-    w_in = np.interp(t, s, np.concatenate([w_in, w_in[:1]]))
-    w_out = np.interp(t, s, np.concatenate([w_out, w_out[:1]]))
-    area = 0.5 * np.sum(centre[:, 0] * np.roll(centre[:, 1], -1) - np.roll(centre[:, 0], -1) * centre[:, 1])
-    if area < 0:  # counter-clockwise, so the inner obstacle is on the left
-        centre, w_in, w_out = centre[::-1], w_in[::-1], w_out[::-1]
-    return centre, np.maximum(w_in, res / 2), np.maximum(w_out, res / 2)
+    line = line + np.array([c0 - 1, r0 - 1])
+    step = np.linalg.norm(np.diff(line, axis=0), axis=1).mean()
+    line = ndimage.gaussian_filter1d(line, max(1.0, 2.0 / step), axis=0, mode="wrap")  # ~2 px: pixel noise
+    perim = np.linalg.norm(np.diff(np.concatenate([line, line[:1]]), axis=0), axis=1).sum()
+    return _resample_closed(line, max(int(perim / spacing_px), 16))
 
 
 def load_map(
-    yaml_path: str | Path, waypoints_csv: str | Path | None = None, *, spacing: float = 0.2
+    yaml_path: str | Path,
+    waypoints_csv: str | Path | None = None,
+    *,
+    spacing: float = 0.2,
+    wall_tol: float = 0.5,
 ) -> Track:
-    """A `Track` from a ROS map_server map. With `waypoints_csv` (F1TENTH centreline format) the centreline and
-    widths come from it; without, they are extracted from the free space (counter-clockwise, `spacing` m apart;
-    s = 0 is wherever the traced loop starts)."""
+    """A `Track` from a ROS map_server map. The walls are the boundaries of the free loop traced from the
+    image (simplified to within `wall_tol` pixels). With `waypoints_csv` (F1TENTH centreline format) the
+    centreline comes from it (and picks the free region it lies in); without, it is the loop's mid-line,
+    `spacing` m apart, counter-clockwise, with s = 0 wherever the traced loop starts. The widths are the
+    distances from the centreline to the traced walls."""
     yaml_path = Path(yaml_path)
     free, res, origin = read_occupancy(yaml_path)
-    name = yaml_path.stem
+    seeds = centre = None
     if waypoints_csv is not None:
-        centre, w_right, w_left = read_waypoints(waypoints_csv)
-        return Track(name, centre, w_left, w_right)
-    centre, w_left, w_right = _extract_centreline(free, res, origin, yaml_path, spacing)
-    return Track(name, centre, w_left, w_right)
+        centre, _, _ = read_waypoints(waypoints_csv)
+        cols, rows = _world_to_pixels(centre, free.shape, res, origin)
+        seeds = np.stack([rows, cols], 1)
+    region, infield = _free_loop(free, yaml_path, seeds)
+    outer, inner = (
+        _pixels_to_world(w[:, 0], w[:, 1], free.shape, res, origin)
+        for w in _trace_walls(region, yaml_path, wall_tol)
+    )
+    if centre is None:
+        line = _extract_centreline(region, infield, yaml_path, spacing / res)
+        centre = _pixels_to_world(line[:, 0], line[:, 1], free.shape, res, origin)
+        if signed_area(centre) < 0:
+            centre = centre[::-1]
+    direction = np.sign(signed_area(centre))
+    left, right = (inner, outer) if direction > 0 else (outer, inner)
+    left, right = (w if np.sign(signed_area(w)) == direction else w[::-1] for w in (left, right))
+    width_left, width_right = distance_to_loop(centre, left), distance_to_loop(centre, right)
+    return Track(yaml_path.stem, centre, width_left, width_right, left_wall=left, right_wall=right)
 
 
 # ---------------------------------------------------------------------------------------- registry
