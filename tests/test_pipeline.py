@@ -26,7 +26,7 @@ SHAPES = {
     "rgb": (24, 32, 3),
     "ir": (16, 16, 1),
     "radar": (32, 32, 3),
-    "gps": (4,),
+    "gps": (5,),
     "imu": (6,),
 }
 MODEL = dataclasses.replace(ModelConfig(), modalities={k: ModalityConfig(v) for k, v in SHAPES.items()})
@@ -110,7 +110,8 @@ def test_source_samples_follow_contract_1(source):
         lat, np.full(3, cmht.ddmm_to_degrees(-7956.3434)), lat[0], float(cmht.ddmm_to_degrees(-7956.3434))
     )
     step = enu[2, 1] - enu[1, 1]
-    np.testing.assert_allclose(s["gps"], [0.0, enu[1, 1] + step / 3, np.pi / 2, step / 0.3], atol=1e-4)
+    want = [0.0, (enu[1, 1] + step / 3) / 100.0, 0.0, 1.0, step / 0.3 / 10.0]  # north; contract scales
+    np.testing.assert_allclose(s["gps"], want, atol=1e-5)
     np.testing.assert_allclose(s["imu"], [0.1, 0.2, 0.34, 0.0, 0.0, -9.80665], atol=1e-5)
     gap = source[IR_GAP]
     assert not gap["valid"]["ir"] and not gap["ir"].any() and gap["valid"]["rgb"]

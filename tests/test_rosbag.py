@@ -297,7 +297,7 @@ def test_pretrainer_data_from_a_bag_root(bag_root, tmp_path):
     from src.training import pretrainer
     from tests._pretrain_fakes import tiny_config
 
-    shapes = {"lidar": (32, 32, 4), "rgb": (32, 32, 3), "gps": (4,)}
+    shapes = {"lidar": (32, 32, 4), "rgb": (32, 32, 3), "gps": (5,)}
     cfg = tiny_config(tmp_path, "bag", model={"modalities": {k: ModalityConfig(v) for k, v in shapes.items()}},
                       data={"source": "rosbag", "root": str(bag_root), "shuffle": False})  # fmt: skip
     batch = next(pretrainer.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))
