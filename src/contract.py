@@ -16,7 +16,8 @@ its inputs exactly as the encoder's pretraining did.
   with axes forward, right, down (FRD): angular rates, then specific force (acceleration minus gravity). A car
   at rest reads accel (0, 0, -g), as CMHT's records do (about -0.9 to -1.0 G on z); a car turning left at
   speed v on radius r reads accel y = -v^2 / r (its centripetal acceleration points left, to -y); a car
-  speeding up reads accel x > 0. CMHT's records are passed on as recorded (`cmht.read_gps_imu`: G -> m/s^2).
+  speeding up reads accel x > 0. CMHT's records are passed on as recorded (`cmht.read_gps_imu`: G -> m/s^2);
+  ROS2 `sensor_msgs/Imu` messages (REP 103: forward-left-up, +g on z at rest) have y and z flipped.
   Their x/y axis convention could not be measured from the shipped sample (too few GPS fixes to correlate);
   FRD is the frame in which their z sign is that of a specific force.
 """
@@ -46,6 +47,7 @@ GPS_LAYOUT = ("east", "north", "cos_heading", "sin_heading", "speed")
 GPS_POSITION_SCALE = 100.0  # m: a position 100 m from the start reads 1
 GPS_SPEED_SCALE = 10.0  # m/s
 IMU_LAYOUT = ("gyro_x", "gyro_y", "gyro_z", "accel_x", "accel_y", "accel_z")
+FLU_TO_FRD = (1.0, -1.0, -1.0)  # a body-frame vector in forward-left-up axes (ROS REP 103) -> the contract's
 VECTOR_SHAPES = {"gps": (len(GPS_LAYOUT),), "imu": (len(IMU_LAYOUT),)}
 IMAGE_CHANNELS = {"lidar": len(LIDAR_CHANNELS)}
 
@@ -169,7 +171,7 @@ def gps_vector(east: Any, north: Any, heading: Any, speed: Any, xp: Any = np) ->
 def imu_vector(gyro_flu: Any, specific_force_flu: Any, xp: Any = np) -> Any:
     """Contract `imu` [..., 6] from body-frame (forward, left, up) angular rates and specific force: the same
     vectors in the contract's forward-right-down axes (y and z flip sign)."""
-    flip = xp.asarray([1.0, -1.0, -1.0], xp.float32)
+    flip = xp.asarray(FLU_TO_FRD, xp.float32)
     return xp.concatenate([gyro_flu * flip, specific_force_flu * flip], axis=-1).astype(xp.float32)
 
 
