@@ -375,7 +375,9 @@ class BulletRaceEnv(gymnasium.Env):
                 np.array([-lacc] * 3 + [-aacc] * 3, np.float32), np.array([lacc] * 3 + [aacc] * 3, np.float32)
             ),
             "lidar": spaces.Box(cfg.lidar_min_range, cfg.lidar_range, (cfg.lidar_rays,), np.float32),
-            "imu": spaces.Box(-np.inf, np.inf, (6,), np.float32),
+            "imu": spaces.Box(
+                np.array([-ang] * 3 + [-lacc] * 3, np.float32), np.array([ang] * 3 + [lacc] * 3, np.float32)
+            ),
             "origin": spaces.Box(-extent, extent, (2,), np.float32),
         }
         if cfg.camera:
@@ -485,7 +487,7 @@ class BulletRaceEnv(gymnasium.Env):
             "velocity": fit("velocity", self.sim.velocity()),
             "acceleration": fit("acceleration", accel),
             "lidar": self.sim.lidar(self.np_random),
-            "imu": np.asarray(self.sim.imu, np.float32),
+            "imu": fit("imu", self.sim.imu),
             "origin": self._origin.copy(),
         }
         if self.sim_config.camera:
