@@ -3,7 +3,8 @@
 A run lives in `runs/<name>/` (Contract 3): the resolved `config.toml`, Orbax checkpoints in `ckpt/` (the whole
 engine carry, so a resumed JAX-engine run continues exactly; host-engine runs restart their episodes),
 `metrics.jsonl` + TensorBoard events (episodic return, lap progress, laps, collision rate, env steps/s, losses,
-approximate KL, clip fraction, entropy), periodic deterministic evaluations and `learning_curve.png`.
+approximate KL, clip fraction, entropy), periodic deterministic evaluations, `learning_curve.png` and, for the
+Raceformer agent, `encoder.json` (the imported encoder's path and sha256: resuming on another encoder is an error).
 `--eval` restores the latest checkpoint, drives `eval.episodes` deterministic episodes, prints lap time and
 collisions, and writes `eval.gif` (top-down: track walls, the car's trail and pose).
 """
