@@ -49,7 +49,6 @@ GPS_SPEED_SCALE = 10.0  # m/s
 IMU_LAYOUT = ("gyro_x", "gyro_y", "gyro_z", "accel_x", "accel_y", "accel_z")
 FLU_TO_FRD = (1.0, -1.0, -1.0)  # a body-frame vector in forward-left-up axes (ROS REP 103) -> the contract's
 VECTOR_SHAPES = {"gps": (len(GPS_LAYOUT),), "imu": (len(IMU_LAYOUT),)}
-IMAGE_CHANNELS = {"lidar": len(LIDAR_CHANNELS)}
 
 
 class ContractError(ValueError):
@@ -144,7 +143,7 @@ def bev_grid(bev: BevConfig, shape: tuple[int, ...] | Any) -> BevGrid:
 
 
 def check_modality_shapes(modalities: dict[str, Any], where: str = "model.modalities") -> None:
-    """Vector modalities must have the contract's layout; BEV modalities (H, W, channels)."""
+    """The vector modalities (gps, imu) of a model config must have the contract's layouts."""
     problems = []
     for name, m in modalities.items():
         shape = tuple(getattr(m, "shape", m))
