@@ -26,7 +26,7 @@ SHAPES = {
     "rgb": (224, 224, 3),
     "ir": (224, 224, 1),
     "radar": (256, 256, 3),
-    "gps": (4,),
+    "gps": (5,),
     "imu": (6,),
 }
 
@@ -74,10 +74,12 @@ def loop_bev(points: dict[str, np.ndarray], grid, n: int) -> np.ndarray:
 
 
 def bench_bev() -> None:
+    from src import contract
+    from src.config import BevConfig
     from src.data import transforms
 
     points = ring_cloud(np.random.default_rng(0), N_POINTS)
-    grid = transforms.BevGrid(height=256, width=256)
+    grid = contract.bev_grid(BevConfig(), (256, 256, 4))
     ms = _median_ms(lambda: transforms.lidar_bev(points, grid), 200)
     subset = 20_000
     start = time.perf_counter()

@@ -38,7 +38,7 @@ def measure(root: Path, workers: int, batches: int, batch_size: int, size: int) 
     eps, _ = E.load_episodes(root)
     modalities = {
         "rgb": ModalityConfig((size, size, 3)),
-        "gps": ModalityConfig((4,)),
+        "gps": ModalityConfig((5,)),
         "imu": ModalityConfig((6,)),
     }
     source = E.EpisodeFrameSource(eps, E.DEFAULT_CAMERAS, modalities)

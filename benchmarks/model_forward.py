@@ -38,7 +38,7 @@ TINY = ModelConfig(
     modalities={
         "lidar": ModalityConfig(shape=(32, 32, 4)),
         "rgb": ModalityConfig(shape=(32, 32, 3)),
-        "gps": ModalityConfig(shape=(4,)),
+        "gps": ModalityConfig(shape=(5,)),
         "imu": ModalityConfig(shape=(6,)),
     },
 )

@@ -29,7 +29,7 @@ def tiny_config(base: PretrainConfig) -> PretrainConfig:
         "embed_dim": 32, "depth": 1, "fusion_depth": 1, "num_heads": 2, "patch_size": 8, "decoder_dim": 32,
         "decoder_depth": 1, "decoder_heads": 2,
         "modalities": {"lidar": ModalityConfig((32, 32, 4)), "rgb": ModalityConfig((32, 32, 3)),
-                       "gps": ModalityConfig((4,))},
+                       "gps": ModalityConfig((5,))},
     }
     return config.replace(base, model=model, training={"batch_size": 8})
 

@@ -52,6 +52,22 @@ class ModalityConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BevConfig:
+    """The BEV grid of the sensor contract (src/contract.py), shared by LiDAR and radar rasters of every source.
+
+    Metric extent in the LiDAR frame (x forward, y left, z up, metres; z relative to the LiDAR, not the ground);
+    the size in cells comes from model.modalities.lidar/radar.shape (resolution = extent / cells). Raw
+    intensities divided by intensity_max give the mean-intensity channel (Velodyne: 0..255). Part of [model]
+    so that it is exported with the encoder and a fine-tuning run builds its BEV the same way.
+    """
+
+    x_range: tuple[float, float] = (-51.2, 51.2)
+    y_range: tuple[float, float] = (-51.2, 51.2)
+    z_range: tuple[float, float] = (-3.0, 3.0)
+    intensity_max: float = 255.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The Raceformer: per-modality ViT encoders, a fusion transformer and heads."""
 
@@ -77,10 +93,11 @@ class ModelConfig:
             "rgb": ModalityConfig(shape=(64, 64, 3)),
             "radar": ModalityConfig(shape=(64, 64, 3)),
             "ir": ModalityConfig(shape=(64, 64, 1)),
-            "gps": ModalityConfig(shape=(4,)),
+            "gps": ModalityConfig(shape=(5,)),
             "imu": ModalityConfig(shape=(6,)),
         }
     )
+    bev: BevConfig = dataclasses.field(default_factory=BevConfig)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.modalities if m not in MODALITIES]
@@ -110,12 +127,7 @@ class DataConfig:
     sync_gps_max_gap: float = 10.0
     sync_imu_max_gap: float = 1.0
     sync_gps_max_speed: float = 80.0
-    # BEV rasters (src/data/transforms.py): metric extent in the LiDAR frame (x forward, y left, z up, metres);
-    # the size in cells comes from model.modalities.lidar/radar.shape. Intensity / radar values map to ~[0, 1].
-    bev_x_range: tuple[float, float] = (-51.2, 51.2)
-    bev_y_range: tuple[float, float] = (-51.2, 51.2)
-    bev_z_range: tuple[float, float] = (-3.0, 3.0)
-    bev_intensity_max: float = 255.0
+    # radar BEV values (src/data/transforms.py) map to ~[0, 1]; the grid itself is [model.bev]
     radar_velocity_scale: float = 20.0
     radar_rcs_scale: float = 20.0
     # source = "episodes": cameras to load (views for the multi-view objectives), the one that feeds `rgb`
@@ -228,7 +240,10 @@ class PPOConfig:
     ent_coef: float = 0.0
     max_grad_norm: float = 0.5
     norm_adv: bool = True  # per minibatch
-    norm_obs: bool = False  # running mean/std of every float observation leaf
+    norm_obs: bool = False  # running mean/std z-scoring of observations (which ones: norm_obs_modalities)
+    # Raceformer agent: the modalities norm_obs normalises; empty = the vector modalities (shape (k,)). Inputs of
+    # an imported encoder ([finetune] pretrained_ckpt) are never normalised: they reach it as in pretraining.
+    norm_obs_modalities: tuple[str, ...] = ()
     clip_obs: float = 10.0
     norm_reward: bool = False  # divide by the running std of the discounted return
     clip_reward: float = 10.0

@@ -117,7 +117,7 @@ def test_check_env_and_spaces():
     e = gymnasium.make("raceformer/BulletRace-v0", camera=True, camera_width=32, camera_height=24)
     check_env(e.unwrapped, skip_render_check=True)
     obs, info = e.reset(seed=3)
-    assert set(obs) == {"pose", "velocity", "acceleration", "lidar", "rgb_camera", "time"}
+    assert set(obs) == {"pose", "velocity", "acceleration", "lidar", "imu", "origin", "rgb_camera", "time"}
     assert obs["rgb_camera"].shape == (24, 32, 3) and obs["rgb_camera"].dtype == np.uint8
     assert obs["lidar"].shape == (1080,) and obs["pose"].shape == (6,)
     assert set(e.action_space.spaces) == {"motor", "steering"}

@@ -184,7 +184,7 @@ def retrieval_run(tmp_path_factory):
     _write_views_episode(root, "heldout", frames=32, seed=1)
     eps, _ = E.load_episodes(root)
     by_id = {e.episode_id: e for e in eps}
-    modalities = {"rgb": ModalityConfig((SIZE, SIZE, 3)), "gps": ModalityConfig((4,))}
+    modalities = {"rgb": ModalityConfig((SIZE, SIZE, 3)), "gps": ModalityConfig((5,))}
     train = E.EpisodeFrameSource([by_id["train"]], CAMS, modalities)
     held = E.EpisodeFrameSource([by_id["heldout"]], CAMS, modalities)
     held_batch = next(iter(E.to_iter(E.build_dataset(held, 32, shuffle=False, num_epochs=1))))

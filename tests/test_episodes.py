@@ -14,7 +14,7 @@ from src.data import transforms
 
 MODALITIES = {
     "rgb": ModalityConfig(shape=(8, 8, 3)),
-    "gps": ModalityConfig(shape=(4,)),
+    "gps": ModalityConfig(shape=(5,)),
     "imu": ModalityConfig((6,)),
 }
 CAMS = ("front", "left")
@@ -126,8 +126,9 @@ def test_frame_source_images_masks_and_ego(dataset):
     assert np.all(s["images_by_cam"]["front"] == 0) and not s["valid"]["rgb"] and np.all(s["rgb"] == 0)
     expected_left = transforms.normalize_image(_colour(1, "left", 2))
     np.testing.assert_allclose(s["images_by_cam"]["left"], expected_left, atol=1e-6)
-    np.testing.assert_allclose(s["gps"], [2.0, 2.0, 0.2, 5.0], atol=1e-6)  # x, y, yaw, |(3, 4)|
-    np.testing.assert_allclose(s["imu"], [0, 0, 0.5, 1.0, -1.0, 0.0])
+    # relative to the episode's first pose (0, 2): (2, 0) / 100 m; cos, sin of yaw 0.2; |(3, 4)| / 10 m/s
+    np.testing.assert_allclose(s["gps"], [0.02, 0.0, np.cos(0.2), np.sin(0.2), 0.5], atol=1e-6)
+    np.testing.assert_allclose(s["imu"], [0, 0, -0.5, 1.0, -1.0, 0.0])  # FRD: a left (CCW) yaw rate is -z
     assert s["valid"]["imu"] and not src[5 + 1]["valid"]["imu"]  # odd frames have no acceleration
     s0 = src[0]
     np.testing.assert_allclose(s0["rgb"], transforms.normalize_image(_colour(0, "front", 0)), atol=1e-6)

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from src.config import ModalityConfig
-from src.data.transforms import BevGrid, lidar_bev
+from src import contract
+from src.config import BevConfig, ModalityConfig
+from src.data.transforms import lidar_bev
 from src.envs import jax_racecar
 from src.envs.bullet_racecar import BulletRaceEnv
 from src.envs.gym_wrapper import (
@@ -22,15 +23,14 @@ from src.envs.gym_wrapper import (
     unflatten_action,
 )
 
-GRID = BevGrid(
-    x_range=(-12.8, 12.8), y_range=(-12.8, 12.8), z_range=(-1.0, 1.0), height=64, width=64, intensity_max=1.0
-)
+BEV = BevConfig(x_range=(-12.8, 12.8), y_range=(-12.8, 12.8), z_range=(-1.0, 1.0), intensity_max=255.0)
+GRID = contract.bev_grid(BEV, (64, 64, 4))
 MODALITIES = {
     "lidar": ModalityConfig(shape=(64, 64, 4)),
     "rgb": ModalityConfig(shape=(32, 32, 3)),
     "radar": ModalityConfig(shape=(64, 64, 3)),
     "ir": ModalityConfig(shape=(32, 32, 1)),
-    "gps": ModalityConfig(shape=(4,)),
+    "gps": ModalityConfig(shape=(5,)),
     "imu": ModalityConfig(shape=(6,)),
 }
 SPEC = ScanSpec()
@@ -44,27 +44,35 @@ def fake_obs(rng: np.random.Generator, lead: tuple[int, ...] = ()) -> dict[str, 
         "velocity": rng.normal(size=lead + (6,)).astype(np.float32),
         "acceleration": rng.normal(size=lead + (6,)).astype(np.float32),
         "lidar": scan,
+        "origin": rng.normal(size=lead + (2,)).astype(np.float32),
         "time": rng.uniform(0, 10, lead + (1,)).astype(np.float32),
     }
 
 
 def test_hand_computed_sample():
-    spec = ScanSpec(rays=5, fov=np.pi, max_range=15.0, height=0.1)  # beams at -90, -45, 0, 45, 90 deg
+    spec = ScanSpec(rays=5, fov=np.pi, max_range=15.0)  # beams at -90, -45, 0, 45, 90 deg
     obs = {
         "pose": np.array([1.0, 2.0, 0.0, 0.0, 0.0, 0.5], np.float32),
         "velocity": np.array([3.0, 4.0, 0.0, 0.1, 0.2, 0.3], np.float32),
         "acceleration": np.array([1.5, -0.5, 9.0, 7.0, 7.0, 7.0], np.float32),
         "lidar": np.array([15.0, 15.0, 5.0, 15.0, 15.0], np.float32),  # only the forward beam returns, at 5 m
+        "origin": np.array([0.5, 1.0], np.float32),
         "time": np.array([2.5], np.float32),
     }
-    sample, valid = contract_obs(obs, MODALITIES, GRID, spec)
-    np.testing.assert_allclose(sample["gps"], [1.0, 2.0, 0.5, 5.0])  # x, y, yaw, speed = |(3, 4)|
-    np.testing.assert_allclose(sample["imu"], [0.1, 0.2, 0.3, 1.5, -0.5, 9.0])  # rates, then accelerations
+    sample, valid = contract_obs(obs, MODALITIES, BEV, spec)
+    # from the origin (0.5, 1) / 100 m, cos and sin of the yaw, speed |(3, 4)| / 10 m/s
+    np.testing.assert_allclose(sample["gps"], [0.005, 0.01, np.cos(0.5), np.sin(0.5), 0.5], rtol=1e-6)
+    # no `imu` reading: derived from yaw rate 0.3, v = (3, 4), dv/dt = (1.5, -0.5): specific force
+    # (1.5 - 0.3 * 4, -0.5 + 0.3 * 3, g) forward-left-up, reported forward-right-down
+    np.testing.assert_allclose(sample["imu"], [0.0, 0.0, -0.3, 0.3, -0.4, -contract.GRAVITY], rtol=1e-6)
+    with_imu, _ = contract_obs({**obs, "imu": np.arange(6, dtype=np.float32)}, {"imu": (6,)}, BEV, spec)
+    np.testing.assert_array_equal(with_imu["imu"], np.arange(6))  # an env's own reading is passed on
     bev = sample["lidar"]
-    # point (5, 0): row floor((12.8 - 5) / 0.4) = 19, column floor((12.8 - 0) / 0.4) = 32
+    # point (5, 0, 0) in the LiDAR frame: row floor((12.8 - 5) / 0.4) = 19, column floor((12.8 - 0) / 0.4) = 32
     occupied = np.argwhere(bev[..., 0] > 0)
     np.testing.assert_array_equal(occupied, [[19, 32]])
-    np.testing.assert_allclose(bev[19, 32], [1.0, (0.1 + 1.0) / 2.0, 1.0, np.log(2) / np.log(64)], rtol=1e-6)
+    want = [1.0, (0.0 + 1.0) / 2.0, contract.SIM_WALL_INTENSITY / 255.0, np.log(2) / np.log(64)]
+    np.testing.assert_allclose(bev[19, 32], want, rtol=1e-6)
     assert sample["timestamp"] == 2.5 and sample["timestamp"].dtype == np.float64
     assert {k: bool(v) for k, v in valid.items()} == {
         "lidar": True,
@@ -76,17 +84,17 @@ def test_hand_computed_sample():
     }
     for name in ("rgb", "radar", "ir"):
         assert sample[name].shape == MODALITIES[name].shape and not sample[name].any()
-    gps5, _ = contract_obs(obs, {"gps": (5,)}, GRID, spec)
-    np.testing.assert_allclose(gps5["gps"], [1.0, 2.0, np.cos(0.5), np.sin(0.5), 5.0], rtol=1e-6)
+    with pytest.raises(contract.ContractError, match="gps"):
+        contract_obs(obs, {"gps": (4,)}, BEV, spec)
 
 
 def test_raw_scan_sequence():
     obs = fake_obs(np.random.default_rng(1))
-    sample, valid = contract_obs(obs, {"lidar": (270, 1)}, GRID, SPEC)
+    sample, valid = contract_obs(obs, {"lidar": (270, 1)}, BEV, SPEC)
     assert sample["lidar"].shape == (270, 1) and valid["lidar"]
     np.testing.assert_allclose(sample["lidar"][:, 0], obs["lidar"].reshape(270, 4).min(1) / 15.0)
     with pytest.raises(ValueError, match="lidar"):
-        contract_obs(obs, {"lidar": (7, 1)}, GRID, SPEC)
+        contract_obs(obs, {"lidar": (7, 1)}, BEV, SPEC)
 
 
 def test_actions_flatten_and_back():
@@ -126,8 +134,8 @@ def test_contract_obs_jax_equals_numpy():
     rng = np.random.default_rng(3)
     obs = fake_obs(rng, (3,))
     mods = {k: MODALITIES[k] for k in ("lidar", "radar", "gps", "imu")}
-    got, got_valid = jax.jit(lambda o: contract_obs_jax(o, mods, GRID))(obs)
-    want, want_valid = contract_obs(obs, mods, GRID, SPEC)
+    got, got_valid = jax.jit(lambda o: contract_obs_jax(o, mods, BEV))(obs)
+    want, want_valid = contract_obs(obs, mods, BEV, SPEC)
     for k in mods:
         np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-6, atol=1e-7, err_msg=k)
         np.testing.assert_array_equal(np.asarray(got_valid[k]), want_valid[k])
@@ -139,8 +147,8 @@ def test_contract_obs_jax_on_jax_env_obs():
     params = jax_racecar.make_params("default", lidar_rays=1080)
     obs, _ = jax.jit(lambda k: jax_racecar.reset(k, params))(jax.random.key(0))
     mods = {"lidar": MODALITIES["lidar"], "gps": (5,)}
-    got, _ = contract_obs_jax(obs, mods, GRID)
-    want, _ = contract_obs(jax.tree.map(np.asarray, obs), mods, GRID, SPEC)
+    got, _ = contract_obs_jax(obs, mods, BEV)
+    want, _ = contract_obs(jax.tree.map(np.asarray, obs), mods, BEV, SPEC)
     np.testing.assert_array_equal(np.asarray(got["lidar"])[..., [0, 1, 3]], want["lidar"][..., [0, 1, 3]])
     np.testing.assert_allclose(np.asarray(got["gps"]), want["gps"], rtol=1e-6)
     assert want["lidar"][..., 0].sum() > 20  # the walls around the start line
@@ -151,7 +159,7 @@ def _bullet(**kw):
 
 
 def test_single_env_wrapper():
-    env = ContractObsWrapper(_bullet(), MODALITIES, GRID)
+    env = ContractObsWrapper(_bullet(), MODALITIES, BEV)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     obs, reward, terminated, truncated, _ = env.step(np.array([0.5, 0.1], np.float32))
@@ -174,7 +182,7 @@ def test_single_env_wrapper():
 
 def test_vector_env_wrapper():
     venv = gymnasium.vector.SyncVectorEnv([_bullet, _bullet])
-    env = ContractObsVectorWrapper(venv, MODALITIES, GRID)
+    env = ContractObsVectorWrapper(venv, MODALITIES, BEV)
     obs, _ = env.reset(seed=[0, 1])
     obs, reward, terminated, truncated, _ = env.step(np.array([[0.5, 0.0], [0.2, -0.3]], np.float32))
     assert env.observation_space.contains(obs)
@@ -184,7 +192,7 @@ def test_vector_env_wrapper():
     np.testing.assert_array_equal(obs["valid"]["radar"], [False, False])
     np.testing.assert_array_equal(obs["valid"]["rgb"], [True, True])
     assert not obs["ir"].any() and reward.shape == (2,)
-    assert env.scan_spec.rays == 1080 and env.scan_spec.height == pytest.approx(venv.envs[0].lidar_height)
+    assert env.scan_spec.rays == 1080
     env.close()
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from src import contract
 from src.config import DataConfig, ModalityConfig, ModelConfig
 from src.data import cmht, pipeline, transforms
 
@@ -27,7 +28,7 @@ SHAPES = {
     "rgb": (24, 32, 3),
     "ir": (16, 16, 1),
     "radar": (32, 32, 3),
-    "gps": (4,),
+    "gps": (5,),
     "imu": (6,),
 }
 MODEL = dataclasses.replace(ModelConfig(), modalities={k: ModalityConfig(v) for k, v in SHAPES.items()})
@@ -111,7 +112,8 @@ def test_source_samples_follow_contract_1(source):
         lat, np.full(3, cmht.ddmm_to_degrees(-7956.3434)), lat[0], float(cmht.ddmm_to_degrees(-7956.3434))
     )
     step = enu[2, 1] - enu[1, 1]
-    np.testing.assert_allclose(s["gps"], [0.0, enu[1, 1] + step / 3, np.pi / 2, step / 0.3], atol=1e-4)
+    want = [0.0, (enu[1, 1] + step / 3) / 100.0, 0.0, 1.0, step / 0.3 / 10.0]  # north; contract scales
+    np.testing.assert_allclose(s["gps"], want, atol=1e-5)
     np.testing.assert_allclose(s["imu"], [0.1, 0.2, 0.34, 0.0, 0.0, -9.80665], atol=1e-5)
     gap = source[IR_GAP]
     assert not gap["valid"]["ir"] and not gap["ir"].any() and gap["valid"]["rgb"]
@@ -137,7 +139,7 @@ def test_radar_is_moved_into_the_lidar_frame_with_the_sequence_calibration(root,
     calibrated = pipeline.build_cmht_source(DataConfig(root=str(tmp_path)), MODEL)
     plain = pipeline.build_cmht_source(DataConfig(root=str(root)), MODEL)
     points = cmht.read_pcd(seq / "radar" / "front_points" / "00000004.pcd")
-    grid = pipeline.bev_grid(DataConfig(), SHAPES["radar"])
+    grid = contract.bev_grid(MODEL.bev, SHAPES["radar"])
     to_lidar = cmht.radar_to_lidar(pose["rotation"], pose["translation"])
     np.testing.assert_array_equal(calibrated[4]["radar"], transforms.radar_bev(points, grid, to_lidar=to_lidar))
     np.testing.assert_array_equal(plain[4]["radar"], transforms.radar_bev(points, grid))

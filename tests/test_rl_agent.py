@@ -28,7 +28,7 @@ TINY_MODEL = ModelConfig(
     decoder_dim=16,
     decoder_heads=2,
     projection_dim=16,
-    modalities={"lidar": ModalityConfig(shape=(16, 1)), "gps": ModalityConfig(shape=(4,))},
+    modalities={"lidar": ModalityConfig(shape=(16, 1)), "gps": ModalityConfig(shape=(5,))},
 )
 
 
@@ -41,7 +41,7 @@ def _random_batch(n: int, key: int = 0) -> ppo.Batch:
     rng = np.random.default_rng(key)
     obs = {
         "lidar": rng.uniform(0, 1, (n, 16, 1)).astype(np.float32),
-        "gps": rng.normal(size=(n, 4)).astype(np.float32),
+        "gps": rng.normal(size=(n, 5)).astype(np.float32),
         "valid": {"lidar": np.ones(n, bool), "gps": np.ones(n, bool)},
     }
     return ppo.Batch(
@@ -79,13 +79,13 @@ def test_mismatched_pretrained_checkpoint_lists_paths_and_shapes(tmp_path):
     src = RaceformerAgent(TINY_MODEL, rngs=nnx.Rngs(0))
     export_encoder(src.model, tmp_path / "encoder")
     changed = dataclasses.replace(
-        TINY_MODEL, modalities={**TINY_MODEL.modalities, "gps": ModalityConfig(shape=(5,))}
+        TINY_MODEL, modalities={**TINY_MODEL.modalities, "gps": ModalityConfig(shape=(7,))}
     )
     other = RaceformerAgent(changed, rngs=nnx.Rngs(1))
     with pytest.raises(ValueError) as err:
         load_pretrained(other, tmp_path / "encoder")
     message = str(err.value)
-    assert "gps" in message and "5" in message and "4" in message
+    assert "gps" in message and "7" in message and "5" in message
     # A matching checkpoint loads: encoders equal the exported ones.
     same = RaceformerAgent(TINY_MODEL, rngs=nnx.Rngs(2))
     load_pretrained(same, tmp_path / "encoder")
@@ -215,7 +215,7 @@ def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
                 **{k: v for k, v in config.to_dict(TINY_MODEL).items() if k != "modalities"},
                 "modalities": {
                     "lidar": {"shape": [16, 1]},
-                    "gps": {"shape": [4]},
+                    "gps": {"shape": [5]},
                     "radar": {"shape": [4, 4, 1]},
                 },
             },

@@ -149,8 +149,9 @@ def test_bag_gps_imu_holds_fixes(bag):
     np.testing.assert_allclose(g.lat[1:5], FIXES[0][0])
     np.testing.assert_allclose(g.lat[5:7], FIXES[1][0])
     assert g.enu[5, 1] == pytest.approx(111.1, abs=0.5) and abs(g.enu[5, 0]) < 1e-6
-    np.testing.assert_allclose(g.gyro[3], [0.3, 0.0, -0.2])
-    np.testing.assert_allclose(g.accel[3], [0, 0.5, 9.8])
+    # REP 103 forward-left-up as published -> the sensor contract's forward-right-down (y, z flipped)
+    np.testing.assert_allclose(g.gyro[3], [0.3, 0.0, 0.2])
+    np.testing.assert_allclose(g.accel[3], [0, -0.5, -9.8])
     with pytest.raises(cmht.CMHTFormatError, match="GPS fix"):
         rosbag.RosbagSequence(bag).gps_imu()
 
@@ -257,7 +258,7 @@ def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
     assert g.valid.all() and g.fix_changed.tolist() == [True] + [False] * 5 + [True] + [False] * 7
     np.testing.assert_allclose(g.lat[:6], CONV_FIXES[0][0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(g.lon[6:], CONV_FIXES[1][1], rtol=0, atol=1e-6)
-    want = np.array([sum(_imu_values(k), []) for k in range(14)])
+    want = np.array([sum(_imu_values(k), []) for k in range(14)]) * np.tile([1.0, -1.0, -1.0], 2)  # FRD
     np.testing.assert_allclose(g.gyro, want[:, :3], rtol=1e-12)
     np.testing.assert_allclose(g.accel, want[:, 3:], rtol=1e-12)  # G on disk, m/s^2 read back
     with pytest.raises(FileExistsError, match="drive_1"):
@@ -297,7 +298,7 @@ def test_pretrainer_data_from_a_bag_root(bag_root, tmp_path):
     from src.training import pretrainer
     from tests._pretrain_fakes import tiny_config
 
-    shapes = {"lidar": (32, 32, 4), "rgb": (32, 32, 3), "gps": (4,)}
+    shapes = {"lidar": (32, 32, 4), "rgb": (32, 32, 3), "gps": (5,)}
     cfg = tiny_config(tmp_path, "bag", model={"modalities": {k: ModalityConfig(v) for k, v in shapes.items()}},
                       data={"source": "rosbag", "root": str(bag_root), "shuffle": False})  # fmt: skip
     batch = next(pretrainer.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))

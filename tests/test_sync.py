@@ -45,9 +45,10 @@ def test_gps_interpolates_between_change_points_not_held_records():
     g = _held_gps()
     table = sync.sync_sequence(np.array([2.0, 6.0]), {}, g, gps_max_gap=10.0)
     # t=2 lies halfway between the fixes at t=0 (east 0) and t=4 (east 40); the held record at t=2 says 0.
-    np.testing.assert_allclose(table.gps[0], [20.0, 0.0, 0.0, 10.0], atol=1e-5)  # heading east, 40 m / 4 s
+    # contract layout: east, north / 100 m; cos, sin heading; speed / 10 m/s. Heading east, 40 m / 4 s:
+    np.testing.assert_allclose(table.gps[0], [0.2, 0.0, 1.0, 0.0, 1.0], atol=1e-6)
     # t=6: halfway from (40, 0) at t=4 to (40, 30) at t=8, heading north (pi/2), 30 m / 4 s.
-    np.testing.assert_allclose(table.gps[1], [40.0, 15.0, np.pi / 2, 7.5], atol=1e-5)
+    np.testing.assert_allclose(table.gps[1], [0.4, 0.15, 0.0, 1.0, 0.75], atol=1e-6)
     assert table.valid["gps"].all()
 
 
@@ -56,8 +57,9 @@ def test_gps_invalid_beyond_the_hold_and_across_wide_brackets():
     # -0.5 s and 9 s are within the 1 s hold of the first/last fix (held, speed 0), 13 s is 5 s past the last
     table = sync.sync_sequence(np.array([-0.5, 9.0, 13.0]), {}, g, gps_max_gap=2.0)
     np.testing.assert_array_equal(table.valid["gps"], [True, True, False])
-    np.testing.assert_allclose(table.gps[0], [0.0, 0.0, 0.0, 0.0], atol=1e-6)
-    np.testing.assert_allclose(table.gps[1], [40.0, 30.0, np.pi / 2, 0.0], atol=1e-5)
+    # held, speed 0; contract layout: east, north from the first fix / 100 m, cos, sin heading, speed / 10 m/s
+    np.testing.assert_allclose(table.gps[0], [0.0, 0.0, 1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(table.gps[1], [0.4, 0.3, 0.0, 1.0, 0.0], atol=1e-5)
     np.testing.assert_array_equal(table.gps[2], 0.0)
     # a gap of 3 s between knots 0 and 4 is too wide to bridge
     narrow = sync.sync_sequence(np.array([2.0, 6.0]), {}, g, gps_max_gap=3.0)
@@ -72,12 +74,13 @@ def test_gps_holds_the_last_fix_of_a_sequence_that_ends_stationary():
     table = sync.sync_sequence(sweeps, {}, g)  # default gps_max_gap = 10 s, far longer than the hold
     ok = table.valid["gps"]
     np.testing.assert_array_equal(ok, sweeps <= 8.0 + sync.GPS_HOLD_S + 1e-9)
-    np.testing.assert_allclose(table.gps[ok, :2], np.broadcast_to([40.0, 30.0], (int(ok.sum()), 2)), atol=1e-5)
-    np.testing.assert_array_equal(table.gps[ok, 3], 0.0)
+    # contract layout: east, north from the first fix / 100 m, cos, sin heading, speed / 10 m/s
+    np.testing.assert_allclose(table.gps[ok, :2], np.broadcast_to([0.4, 0.3], (int(ok.sum()), 2)), atol=1e-6)
+    np.testing.assert_array_equal(table.gps[ok, 4], 0.0)
     np.testing.assert_array_equal(table.gps[~ok], 0.0)
     longer = sync.sync_sequence(sweeps, {}, g, gps_hold=20.0)  # a longer hold keeps the fix, still no drift
     assert longer.valid["gps"].all()
-    np.testing.assert_allclose(longer.gps[:, :2], np.broadcast_to([40.0, 30.0], (len(sweeps), 2)), atol=1e-5)
+    np.testing.assert_allclose(longer.gps[:, :2], np.broadcast_to([0.4, 0.3], (len(sweeps), 2)), atol=1e-6)
 
 
 def test_imu_gap_and_fix_jump():

@@ -140,7 +140,7 @@ def test_radar_returns_land_on_their_objects_lidar_cells_only_through_the_extrin
     box = np.array([[30.0, -3.5, -1.0, 4.6, 1.9, 1.6, 0.0]])  # a car ahead in the right lane
     lidar = synthetic.lidar_sweep(np.random.default_rng(0), box, np.array([150.0]), 20_000)
     radar = synthetic.radar_scan(np.random.default_rng(1), box, np.array([-5.0]), np.array([10.0]))
-    grid = transforms.BevGrid(x_range=(-40.0, 40.0), y_range=(-40.0, 40.0), height=160, width=160)  # 0.5 m
+    grid = transforms.BevGrid((-40.0, 40.0), (-40.0, 40.0), (-5.0, 5.0), height=160, width=160, intensity_max=255.0)
     car = transforms.rasterize_boxes(box, grid) > 0  # the car's footprint cells
     car = car | np.roll(car, 1, 0) | np.roll(car, -1, 0)  # one cell of slack for the sensors' noise
     car = car | np.roll(car, 1, 1) | np.roll(car, -1, 1)

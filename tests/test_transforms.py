@@ -53,7 +53,7 @@ def test_lidar_bev_accepts_arrays_and_saturates_density():
 
 
 def test_radar_bev_velocity_and_rcs():
-    grid = T.BevGrid(x_range=(0.0, 20.0), y_range=(-10.0, 10.0), z_range=(-5.0, 5.0), height=2, width=2)
+    grid = T.BevGrid((0.0, 20.0), (-10.0, 10.0), (-5.0, 5.0), height=2, width=2, intensity_max=255.0)
     pts = {
         "x": np.array([15.0, 15.0, 5.0], np.float32),
         "y": np.array([5.0, 5.0, -5.0], np.float32),
@@ -107,7 +107,7 @@ def test_decode_jpeg_rgb_and_16bit_ir(tmp_path):
 
 
 def test_rasterize_rotated_box():
-    grid = T.BevGrid(x_range=(-4.0, 4.0), y_range=(-4.0, 4.0), height=8, width=8)
+    grid = T.BevGrid((-4.0, 4.0), (-4.0, 4.0), (-3.0, 3.0), height=8, width=8, intensity_max=255.0)
     upright = np.array([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])  # 4 m along x, 2 m along y
     turned = upright.copy()
     turned[0, 6] = np.pi / 2  # now 4 m along y
@@ -116,7 +116,7 @@ def test_rasterize_rotated_box():
     np.testing.assert_array_equal(T.rasterize_boxes(upright, grid), expected)
     np.testing.assert_array_equal(T.rasterize_boxes(turned, grid), expected.T)
     # a 30-degree box checked against an independent point-in-polygon test of its corners
-    fine = T.BevGrid(x_range=(-4.0, 4.0), y_range=(-4.0, 4.0), height=40, width=40)
+    fine = T.BevGrid((-4.0, 4.0), (-4.0, 4.0), (-3.0, 3.0), height=40, width=40, intensity_max=255.0)
     boxes = np.array([[1.0, -0.5, 0.0, 5.0, 1.6, 1.0, np.pi / 6], [-2.5, 2.5, 0.0, 1.0, 1.0, 1.0, 0.0]])
     raster = T.rasterize_boxes(boxes, fine)
     cx, cy = fine.cell_centres()

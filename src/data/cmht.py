@@ -703,7 +703,7 @@ def inspect_sequence(
         for bad in bad_files:
             report.add(bad["problem"], bad["sensor"])
     try:
-        info["valid_after_sync"] = pipeline.sync_sequence(seq, data_cfg, gps_dim=4, gps_imu=g).valid_counts()
+        info["valid_after_sync"] = pipeline.sync_sequence(seq, data_cfg, gps_imu=g).valid_counts()
     except (OSError, ValueError) as e:
         report.add(str(e) if str(e).startswith(str(seq.path)) else f"{seq.path}: cannot sync: {e}")
         info["valid_after_sync"] = None
@@ -747,9 +747,10 @@ def main(argv: list[str] | None = None) -> None:
         "--deep", action="store_true", help="decode every PCD/image file (default: cheap header/size checks)"
     )
     ins.add_argument("--workers", type=int, default=8, help="threads that check the files")
-    config.add_config_args(ins, required=False)  # sync tolerances and BEV extent come from the data section
+    config.add_config_args(ins, required=False)  # sync tolerances from [data], the BEV grid from [model.bev]
     args = parser.parse_args(argv)
-    data_cfg = config.load_from_args(config.PretrainConfig, args).data
+    run_cfg = config.load_from_args(config.PretrainConfig, args)
+    data_cfg = run_cfg.data
     report = Report()
     sequences = find_sequences(args.root, on_error="skip", report=report)
     bad = check_sequence_files(sequences, deep=args.deep, workers=args.workers)
@@ -761,7 +762,7 @@ def main(argv: list[str] | None = None) -> None:
         with_lidar = [s for s in sequences if "lidar" in s.streams]
         if not with_lidar:
             raise SystemExit(f"{args.root}: no sequence has LiDAR sweeps to draw")
-        path, sweep, boxes = pipeline.write_bev_png(with_lidar[0], args.bev_png, data_cfg)
+        path, sweep, boxes = pipeline.write_bev_png(with_lidar[0], args.bev_png, run_cfg.model.bev)
         doc["bev_png"] = {"path": str(path), "sequence": with_lidar[0].name, "sweep": sweep, "boxes": boxes}
     if args.json:
         print(json.dumps(doc, indent=1))

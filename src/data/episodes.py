@@ -31,6 +31,7 @@ import jsonschema
 import numpy as np
 from PIL import Image
 
+from src import contract
 from src.config import DataConfig, ModalityConfig, ModelConfig
 from src.data import transforms
 
@@ -192,7 +193,7 @@ class Episode:
     image_paths: dict[str, tuple[Path | None, ...]]
     pose: np.ndarray  # float32 [T, 3] x, y, yaw
     velocity: np.ndarray  # float32 [T, 3] vx, vy, yaw_rate (car frame)
-    acceleration: np.ndarray  # float32 [T, 3] ax, ay, az (car frame), zeros where absent
+    acceleration: np.ndarray  # float32 [T, 3] specific force (contract IMU frame, m/s^2), zeros where absent
     imu_valid: np.ndarray  # bool [T]
     action: np.ndarray  # float32 [T, 2]
 
@@ -249,18 +250,18 @@ def load_episodes(root: str | Path, on_error: str = "raise") -> tuple[list[Episo
 # --------------------------------------------------------------------------------------------- sources
 
 
-def ego_gps(pose: np.ndarray, velocity: np.ndarray, k: int) -> np.ndarray:
-    """Episode ego state (pose x, y, yaw; velocity vx, vy, ...) -> Contract-1 gps [..., k]."""
+def ego_gps(pose: np.ndarray, velocity: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Episode ego state (pose x, y, yaw; velocity vx, vy, ...) and the episode's first pose -> contract gps [5]."""
     speed = np.hypot(velocity[..., 0], velocity[..., 1])
-    return transforms.gps_vector(pose[..., 0], pose[..., 1], pose[..., 2], speed, k)
+    return contract.gps_vector(pose[..., 0] - start[0], pose[..., 1] - start[1], pose[..., 2], speed)
 
 
 def ego_imu(velocity: np.ndarray, acceleration: np.ndarray) -> np.ndarray:
-    """Planar ego state -> IMU [wx, wy, wz, ax, ay, az] (rates then accelerations, Contract 1's order)."""
+    """Planar ego state -> contract imu [6]: the yaw rate (velocity[2], counter-clockwise) as a body-frame rate,
+    then the recorded specific force, which is already in the contract's frame."""
     zeros = np.zeros_like(velocity[..., 2])
-    return np.stack([zeros, zeros, velocity[..., 2], *np.moveaxis(acceleration, -1, 0)], axis=-1).astype(
-        np.float32
-    )
+    gyro = contract.imu_vector(np.stack([zeros, zeros, velocity[..., 2]], axis=-1), np.zeros(3))[..., :3]
+    return np.concatenate([gyro, np.asarray(acceleration, np.float32)], axis=-1).astype(np.float32)
 
 
 class EpisodeFrameSource:
@@ -290,6 +291,7 @@ class EpisodeFrameSource:
         if self.rgb_camera not in self.cameras:
             raise ValueError(f"rgb_camera {self.rgb_camera!r} is not one of the cameras {self.cameras}")
         self.modalities = {k: tuple(v.shape) for k, v in modalities.items()}
+        contract.check_modality_shapes(self.modalities)
         self.image_shape = self.modalities["rgb"]
         self.offsets = np.cumsum([0] + [len(e) for e in self.episodes])
 
@@ -324,7 +326,7 @@ class EpisodeFrameSource:
             if name == "rgb":
                 sample[name], valid[name] = images[self.rgb_camera], image_valid[self.rgb_camera]
             elif name == "gps":
-                sample[name], valid[name] = ego_gps(ep.pose[t], ep.velocity[t], shape[0]), np.bool_(True)
+                sample[name], valid[name] = ego_gps(ep.pose[t], ep.velocity[t], ep.pose[0]), np.bool_(True)
             elif name == "imu":
                 sample[name], valid[name] = ego_imu(ep.velocity[t], ep.acceleration[t]), ep.imu_valid[t]
             else:  # lidar / radar / ir are not recorded in episodes
@@ -601,7 +603,7 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) 
             "images": jax.vmap(view, in_axes=(None, 0))(state, yaws),
             "pose": obs["pose"][jnp.array([0, 1, 5])],
             "velocity": obs["velocity"][jnp.array([0, 1, 5])],
-            "acceleration": obs["acceleration"][:3],
+            "acceleration": obs["imu"][3:],  # the contract IMU's specific force
             "time": state.time,
             "done": done,
         }

@@ -12,8 +12,8 @@ Batch format (what `build_pipeline` yields), for the modalities configured in `m
     radar     float32 [B, H, W, 3]  BEV: occupancy, mean radial velocity, mean RCS, on the LiDAR grid: the
                                     points are moved from the radar's frame with calib/radar/<name>.json
                                     (radar -> LiDAR, `cmht.radar_to_lidar`; no file = already LiDAR frame)
-    gps       float32 [B, k]        east, north (m, local ENU), heading (rad), speed (m/s) for k = 4
-    imu       float32 [B, 6]        gyro x, y, z (rad/s), accel x, y, z (m/s^2)
+    gps       float32 [B, 5]        east, north from the first fix, cos/sin heading, speed (scaled; src/contract.py)
+    imu       float32 [B, 6]        gyro x, y, z (rad/s), accel x, y, z (m/s^2), as recorded
     valid     {modality: bool [B]}  False = absent for that sample (its array is zeros)
     timestamp float64 [B]           LiDAR sweep time (s)
 """
@@ -34,7 +34,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from src.config import DataConfig, ModalityConfig, ModelConfig
+from src import contract
+from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig
 from src.data import cmht, sync, transforms
 
 log = logging.getLogger(__name__)
@@ -51,23 +52,8 @@ def _shapes(modalities: Mapping[str, ModalityConfig | Sequence[int]]) -> dict[st
             raise ValueError(
                 f"model.modalities.{name}.shape={shape}: the CMHT source produces (H, W, {CHANNELS[name]})"
             )
-        if name == "imu" and shape != (6,):
-            raise ValueError(f"model.modalities.imu.shape={shape}: the CMHT source produces (6,)")
-        if name == "gps" and len(shape) != 1:
-            raise ValueError(f"model.modalities.gps.shape={shape}: expected (k,)")
+    contract.check_modality_shapes(shapes)
     return shapes
-
-
-def bev_grid(data_cfg: DataConfig, shape: Sequence[int]) -> transforms.BevGrid:
-    """The BEV raster a DataConfig describes, at the (H, W) of a model modality shape."""
-    return transforms.BevGrid(
-        x_range=data_cfg.bev_x_range,
-        y_range=data_cfg.bev_y_range,
-        z_range=data_cfg.bev_z_range,
-        height=int(shape[0]),
-        width=int(shape[1]),
-        intensity_max=data_cfg.bev_intensity_max,
-    )
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -84,9 +70,7 @@ class Record:
     radar_to_lidar: np.ndarray | None = None  # [4, 4] the sequence's radar extrinsic; None = radar in LiDAR frame
 
 
-def sync_sequence(
-    seq: cmht.Sequence, data_cfg: DataConfig, gps_dim: int, gps_imu: cmht.GpsImu | None = None
-) -> sync.SyncTable:
+def sync_sequence(seq: cmht.Sequence, data_cfg: DataConfig, gps_imu: cmht.GpsImu | None = None) -> sync.SyncTable:
     """The sync table of one sequence (LiDAR is the master clock; GPS/IMU absent = invalid throughout).
 
     `gps_imu`: the sequence's records when the caller has read them already (reading again would re-read every
@@ -97,7 +81,7 @@ def sync_sequence(
     if gps_imu is None and "gps_imu" in seq.streams:
         gps_imu = seq.gps_imu()
     return sync.sync_sequence(
-        seq.streams["lidar"].timestamps, others, gps_imu, gps_dim=gps_dim, **sync.sync_kwargs(data_cfg)
+        seq.streams["lidar"].timestamps, others, gps_imu, **sync.sync_kwargs(data_cfg)
     )
 
 
@@ -164,11 +148,11 @@ class DecodeSample(grain.transforms.Map):
     the counts live in the worker processes; the `valid` masks in the batches are the global record).
     """
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], data_cfg: DataConfig):
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], data_cfg: DataConfig, bev: BevConfig):
         self.shapes = dict(shapes)
         self.on_error = data_cfg.on_error
         self.radar_scales = (data_cfg.radar_velocity_scale, data_cfg.radar_rcs_scale)
-        self.grids = {m: bev_grid(data_cfg, self.shapes[m]) for m in ("lidar", "radar") if m in self.shapes}
+        self.grids = {m: contract.bev_grid(bev, self.shapes[m]) for m in ("lidar", "radar") if m in self.shapes}
         self.skipped: collections.Counter[str] = collections.Counter()
 
     def read(self, modality: str, path: str, radar_to_lidar: np.ndarray | None = None) -> np.ndarray:
@@ -224,14 +208,14 @@ class CMHTDataSource:
         sequences: Sequence[cmht.Sequence],
         data_cfg: DataConfig,
         modalities: Mapping[str, ModalityConfig | Sequence[int]],
+        bev: BevConfig,
         report: cmht.Report | None = None,
     ):
         shapes = _shapes(modalities)
-        gps_dim = shapes["gps"][0] if "gps" in shapes else 4
         names, files, tables, extrinsics = [], [], [], []
         for seq in sequences:
             try:
-                table = sync_sequence(seq, data_cfg, gps_dim)
+                table = sync_sequence(seq, data_cfg)
             except (OSError, ValueError) as e:
                 if data_cfg.on_error == "raise":
                     raise
@@ -248,7 +232,7 @@ class CMHTDataSource:
         if not tables:
             raise FileNotFoundError(f"no usable CMHT sequence among {len(sequences)} found")
         self.records = RecordTable(names, files, tables, list(shapes), extrinsics)
-        self.decoder = DecodeSample(shapes, data_cfg)
+        self.decoder = DecodeSample(shapes, data_cfg, bev)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -267,7 +251,7 @@ def sweep_frame(seq: cmht.Sequence, sweep: int) -> int:
 
 
 def write_bev_png(
-    seq: cmht.Sequence, path: str | Path, data_cfg: DataConfig, *, sweep: int | None = None, size: int = 256
+    seq: cmht.Sequence, path: str | Path, bev: BevConfig, *, sweep: int | None = None, size: int = 256
 ) -> tuple[Path, int, int]:
     """Draw one sweep's LiDAR BEV with its label footprints to a PNG: (path, sweep, boxes drawn).
 
@@ -286,7 +270,7 @@ def write_bev_png(
                 break
     elif (label := seq.labels.get(sweep_frame(seq, sweep))) is not None:
         boxes = cmht.label_boxes(cmht.read_labels(label))
-    grid = bev_grid(data_cfg, (size, size))
+    grid = contract.bev_grid(bev, (size, size, 4))
     bev = transforms.lidar_bev(cmht.read_pcd(seq.streams["lidar"].files[sweep]), grid)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +285,7 @@ def build_cmht_source(
     sequences = cmht.find_sequences(Path(data_cfg.root), on_error=data_cfg.on_error, report=report)
     if not sequences:
         raise FileNotFoundError(f"no CMHT sequence under data.root={data_cfg.root}")
-    return CMHTDataSource(sequences, data_cfg, model_cfg.modalities, report)
+    return CMHTDataSource(sequences, data_cfg, model_cfg.modalities, model_cfg.bev, report)
 
 
 def build_pipeline(

@@ -3,7 +3,8 @@
 Topic names are not documented, so topics are mapped to sensors by message type (overridable per sensor):
     sensor_msgs/msg/PointCloud2               lidar (a topic naming "radar" goes to radar)
     sensor_msgs/msg/Image, CompressedImage    rgb (a topic naming "ir", "thermal" or "infra" goes to ir)
-    sensor_msgs/msg/Imu                       gps_imu record times, gyro and accel
+    sensor_msgs/msg/Imu                       gps_imu record times, gyro and accel (REP 103 axes, flipped to
+                                              the sensor contract's forward-right-down: src/contract.py)
     sensor_msgs/msg/NavSatFix                 the position of the gps_imu records (held between fixes)
 A record's time is its header stamp (the bag's log time when the stamp is zero), in float64 seconds.
 `RosbagSequence` indexes a bag and decodes records on demand; `read_bag` decodes a whole bag into memory;
@@ -11,10 +12,11 @@ A record's time is its header stamp (the bag's log time when the stamp is zero),
 
     python -m src.data.rosbag convert BAG --out DIR [--topic sensor=/topic ...] [--on-error skip]
 
-IMU values are kept as published (ROS: rad/s and m/s^2, z up, so +9.8 at rest where the frame release has -9.8).
-Point clouds are written in the frame they were published in: a bag carries no CMHT calibration, so radar
-points are used as LiDAR-frame unless a `calib/radar/<name>.json` is put into the converted sequence (the
-pipeline then moves them with it, `transforms.radar_in_lidar_frame`).
+IMU units are kept (rad/s, m/s^2); the gps_imu records turn ROS's forward-left-up axes (+9.8 on z at rest) into
+the sensor contract's forward-right-down ones (-9.8 at rest, as the frame release records); `read_bag` keeps
+the messages as published. Point clouds are written in the frame they were published in: a bag carries no CMHT
+calibration, so radar points are used as LiDAR-frame unless a `calib/radar/<name>.json` is put into the
+converted sequence (the pipeline then moves them with it, `transforms.radar_in_lidar_frame`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from PIL import Image
 from rosbags.rosbag2 import Reader, ReaderError
 from rosbags.typesys import Stores, get_typestore
 
+from src import contract
 from src.data import cmht
 from src.data.cmht import CMHTFormatError, OnError, Report
 
@@ -290,7 +293,8 @@ class RosbagSequence:
             raise CMHTFormatError(f"{self.path}: no sensor_msgs/msg/Imu topic for the gps_imu records")
         t = self.channels["imu"].timestamps
         values = imu_values(self._messages("imu"))
-        gyro, accel = values[:, :3], values[:, 3:]
+        flip = np.asarray(contract.FLU_TO_FRD)  # REP 103 forward-left-up -> the sensor contract's axes
+        gyro, accel = values[:, :3] * flip, values[:, 3:] * flip
         n = len(t)
         fix = np.full(n, -1, np.int64)
         lat = lon = np.zeros(0)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from src.data.transforms import gps_vector
+from src.contract import GPS_LAYOUT, gps_vector
 
 NEAREST_SENSORS = ("rgb", "ir", "radar")
 GPS_HOLD_S = 1.0  # seconds a GPS fix is held beyond the first/last change point (module docstring)
@@ -49,8 +49,9 @@ class SyncTable:
 
     timestamps: float64 [S] sweep times (s). index[sensor]: int64 [S] record index of that sensor used for each
     sweep (lidar: the sweep itself; -1 where invalid). valid[modality]: bool [S] for lidar, rgb, ir, radar, gps,
-    imu. gps: float32 [S, k] (east, north, heading, speed for k = 4; see `transforms.gps_vector` for other k),
-    imu: float32 [S, 6] (gyro x, y, z rad/s, accel x, y, z m/s^2); both zeros where invalid.
+    imu. gps: float32 [S, 5] in the sensor contract's layout (`contract.gps_vector`: east, north from the first
+    fix, cos/sin heading, speed, each scaled), imu: float32 [S, 6] as recorded (gyro x, y, z rad/s, accel x, y,
+    z m/s^2; `src.contract` documents the frame); both zeros where invalid.
     """
 
     timestamps: np.ndarray
@@ -181,7 +182,6 @@ def sync_sequence(
     sensor_t: Mapping[str, np.ndarray],
     gps_imu: GpsImuLike | None,
     *,
-    gps_dim: int = 4,
     tolerance: Mapping[str, float] | None = None,
     gps_max_gap: float = 10.0,
     imu_max_gap: float = 1.0,
@@ -204,7 +204,7 @@ def sync_sequence(
         t_ref = np.asarray(sensor_t.get(name, ()), np.float64)
         tol = tolerance.get(name, default_tolerance(t_ref))
         index[name], valid[name] = nearest(lidar_t, t_ref, tol)
-    gps = np.zeros((s, gps_dim), np.float32)
+    gps = np.zeros((s, len(GPS_LAYOUT)), np.float32)
     imu = np.zeros((s, 6), np.float32)
     valid["gps"], valid["imu"] = np.zeros(s, np.bool_), np.zeros(s, np.bool_)
     if gps_imu is not None:
@@ -214,7 +214,7 @@ def sync_sequence(
         en, heading, speed, valid["gps"] = gps_track(
             lidar_t, t[knots], np.asarray(gps_imu.enu)[knots], gps_max_gap, gps_max_speed, gps_hold
         )
-        track = gps_vector(en[:, 0], en[:, 1], heading, speed, gps_dim)
+        track = gps_vector(en[:, 0], en[:, 1], heading, speed)
         gps = np.where(valid["gps"][:, None], track, np.float32(0.0))
         rates = np.concatenate([np.asarray(gps_imu.gyro), np.asarray(gps_imu.accel)], axis=-1)[ok]
         imu_values, valid["imu"] = interpolate(lidar_t, t[ok], rates, imu_max_gap)

@@ -7,12 +7,12 @@ A point lands in row r = floor((x_max - x) / dx) and column c = floor((y_max - y
 and x = x_min is outside). Points outside the grid, outside [z_min, z_max), or non-finite are dropped.
 
 The projection is shared by real clouds (CMHT PCD) and the simulator's planar scan (turned into points), so the
-same encoder sees the same picture of the world from both.
+same encoder sees the same picture of the world from both. The grid (`BevGrid`) is defined by the sensor contract
+(`src.contract`, `[model.bev]`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from src.contract import BevGrid
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -32,91 +34,7 @@ DENSITY_SATURATION = 64  # the log-density channel reaches 1 at this many points
 _DENSITY_LUT = np.minimum(np.log1p(np.arange(DENSITY_SATURATION + 1)) / math.log(DENSITY_SATURATION), 1.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class BevGrid:
-    """A bird's-eye-view raster: metric extent (sensor frame, metres), size in cells, kept height band.
-
-    `intensity_max` maps raw intensities to [0, 1] in the mean-intensity channel (Velodyne: 0..255; a simulated
-    scan with intensity 1 wants 1.0).
-    """
-
-    x_range: tuple[float, float] = (-51.2, 51.2)
-    y_range: tuple[float, float] = (-51.2, 51.2)
-    z_range: tuple[float, float] = (-3.0, 3.0)
-    height: int = 64
-    width: int = 64
-    intensity_max: float = 255.0
-
-    def __post_init__(self) -> None:
-        for name in ("x_range", "y_range", "z_range"):
-            lo, hi = getattr(self, name)
-            if not hi > lo:
-                raise ValueError(f"BevGrid.{name}={getattr(self, name)}: need min < max")
-        if self.height < 1 or self.width < 1:
-            raise ValueError(f"BevGrid: height/width must be >= 1, got {self.height}x{self.width}")
-        if self.intensity_max <= 0:
-            raise ValueError(f"BevGrid.intensity_max must be > 0, got {self.intensity_max}")
-
-    @property
-    def cell_size(self) -> tuple[float, float]:
-        """(dx, dy): metres per row and per column."""
-        return (
-            (self.x_range[1] - self.x_range[0]) / self.height,
-            (self.y_range[1] - self.y_range[0]) / self.width,
-        )
-
-    def cell_index(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Flat cell index r * W + c (int32) per point; H * W (one past the end) for dropped points.
-
-        Using an overflow bin instead of boolean compaction keeps every later pass a single contiguous sweep.
-        """
-        h, w = self.height, self.width
-        dx, dy = self.cell_size
-        # r + 1 = (x_max + dx - x) / dx: in-range points land in [1, H + 1) so truncation acts as floor for them,
-        # and everything at or beyond the edges (negative values truncate towards 0) falls outside [1, H].
-        r = np.multiply(x, np.float32(-1.0 / dx), dtype=np.float32)
-        r += np.float32((self.x_range[1] + dx) / dx)
-        c = np.multiply(y, np.float32(-1.0 / dy), dtype=np.float32)
-        c += np.float32((self.y_range[1] + dy) / dy)
-        with np.errstate(invalid="ignore"):  # NaN points (no return) cast to INT_MIN and are dropped
-            ri = r.astype(np.int32)
-            ci = c.astype(np.int32)
-        ri -= 1
-        ci -= 1
-        zf = np.asarray(z, np.float32)
-        keep = ri.view(np.uint32) < h
-        keep &= ci.view(np.uint32) < w
-        keep &= zf >= np.float32(self.z_range[0])
-        keep &= zf < np.float32(self.z_range[1])
-        ri *= w
-        ri += ci
-        return np.where(keep, ri, np.int32(h * w))
-
-    def cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
-        """Metric (x [H, 1], y [1, W]) of every cell centre, broadcastable to [H, W]."""
-        dx, dy = self.cell_size
-        x = self.x_range[1] - (np.arange(self.height, dtype=np.float64) + 0.5) * dx
-        y = self.y_range[1] - (np.arange(self.width, dtype=np.float64) + 0.5) * dy
-        return x[:, None], y[None, :]
-
-    def to_pixel(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Metric (x, y) -> continuous (column, row) image coordinates (for drawing)."""
-        dx, dy = self.cell_size
-        return (self.y_range[1] - np.asarray(y)) / dy, (self.x_range[1] - np.asarray(x)) / dx
-
-
 # --------------------------------------------------------------------------------------------- point clouds
-
-
-def gps_vector(x: Any, y: Any, yaw: Any, speed: Any, k: int, xp: Any = np) -> Any:
-    """Contract-1 `gps` [..., k] from a planar ego state: the one column layout shared by CMHT sync, episodes and
-    the simulators (2: x, y; 3: + yaw; 4: + speed; 5: x, y, cos yaw, sin yaw, speed). `xp` is np or jnp."""
-    columns = {2: (x, y), 3: (x, y, yaw), 4: (x, y, yaw, speed), 5: (x, y, xp.cos(yaw), xp.sin(yaw), speed)}
-    if k not in columns:
-        raise ValueError(
-            f"model gps shape ({k},): supported 2 (x, y), 3 (+yaw), 4 (+speed), 5 (x, y, cos, sin, speed)"
-        )
-    return xp.stack(columns[k], axis=-1).astype(xp.float32)
 
 
 def _field(points: Mapping[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray | None:
@@ -146,7 +64,7 @@ def _xyz(points: Any, what: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.
     return fields, *xyz
 
 
-def lidar_bev(points: Mapping[str, np.ndarray] | np.ndarray, grid: BevGrid = BevGrid()) -> np.ndarray:
+def lidar_bev(points: Mapping[str, np.ndarray] | np.ndarray, grid: BevGrid) -> np.ndarray:
     """A LiDAR point cloud -> float32 BEV image [grid.height, grid.width, 4].
 
     points: {"x", "y", "z", "intensity"} arrays [N] (field names case-insensitive; "i"/"reflectivity" also accepted
@@ -217,7 +135,7 @@ def radar_in_lidar_frame(
 
 def radar_bev(
     points: Mapping[str, np.ndarray] | np.ndarray,
-    grid: BevGrid = BevGrid(),
+    grid: BevGrid,
     *,
     to_lidar: np.ndarray | None = None,
     velocity_scale: float = 20.0,

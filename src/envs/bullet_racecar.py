@@ -7,7 +7,10 @@ collision handling). Keeping the sim separate lets tests drive it in a hand-made
 
 Frames: the car pose (x, y, yaw) is the pose of the chassis link frame, i.e. the centre of the rear axle (the
 reference point of a kinematic bicycle model); `pose` observations report it as (x, y, z, roll, pitch, yaw).
-Velocities and accelerations are in the car's body frame, as an IMU / tachometer would report them.
+Velocities and accelerations are in the car's body frame (racecar_gym's `acceleration` is the finite difference
+of the body-frame velocity). Beyond racecar_gym's keys, observations carry `imu`, what an IMU at the chassis'
+centre of mass measures in the sensor contract's layout (`src.contract`: angular rates and specific force,
+gravity included), and `origin`, the (x, y) of the pose at reset (GPS positions are relative to it).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pybullet_data
 from gymnasium import spaces
 from pybullet_utils import bullet_client
 
+from src import contract
 from src.envs.tracks import Track, check_track, get_track
 
 URDF_PATH = os.path.join(pybullet_data.getDataPath(), "racecar", "racecar_differential.urdf")
@@ -101,7 +105,7 @@ class RacecarSim:
         self.config = config
         self.walls = walls
         self.client = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
-        self.client.setGravity(0.0, 0.0, -9.81)
+        self.client.setGravity(0.0, 0.0, -contract.GRAVITY)
         self.client.setTimeStep(config.time_step)
         self._build_ground(walls)
         self.wall_body = self._build_walls(walls)
@@ -110,7 +114,8 @@ class RacecarSim:
         self._ray_dirs = np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles)], axis=1)
         self._rest_state = self.client.saveState()
         self._prev_velocity = np.zeros(6)
-        self.lidar_height = RIDE_HEIGHT + self._lidar_offset[2]
+        self._prev_world_velocity = np.zeros(3)
+        self.imu = self._imu_at_rest()
 
     # ----------------------------------------------------------------------------------------- building
 
@@ -191,6 +196,8 @@ class RacecarSim:
         c.resetBasePositionAndOrientation(self.car, com.tolist(), quat)
         c.resetBaseVelocity(self.car, [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
         self._prev_velocity = np.zeros(6)
+        self._prev_world_velocity = np.zeros(3)
+        self.imu = self._imu_at_rest()
         self.apply_action(0.0, 0.0)
 
     def pose(self) -> np.ndarray:
@@ -238,7 +245,23 @@ class RacecarSim:
         vel = self.velocity()
         accel = (vel - self._prev_velocity) / self.config.control_dt
         self._prev_velocity = vel
+        self._update_imu()
         return collided, accel
+
+    @staticmethod
+    def _imu_at_rest() -> np.ndarray:
+        return contract.imu_vector(np.zeros(3), np.array([0.0, 0.0, contract.GRAVITY]))
+
+    def _update_imu(self) -> None:
+        """`imu` after a control period: body-frame angular rate and specific force R^T (a + g up), with the
+        centre of mass's world acceleration a a finite difference over the period."""
+        lin, ang = self.client.getBaseVelocity(self.car)
+        lin = np.asarray(lin)
+        accel = (lin - self._prev_world_velocity) / self.config.control_dt
+        self._prev_world_velocity = lin
+        rot_t = _rotation(self.client.getBasePositionAndOrientation(self.car)[1]).T
+        force = rot_t @ (accel + np.array([0.0, 0.0, contract.GRAVITY]))
+        self.imu = contract.imu_vector(rot_t @ np.asarray(ang), force)
 
     # ----------------------------------------------------------------------------------------- sensors
 
@@ -336,7 +359,6 @@ class BulletRaceEnv(gymnasium.Env):
         self.track = get_track(track) if isinstance(track, str | os.PathLike) else track
         check_track(self.track)
         self.sim = RacecarSim(np.asarray(self.track.walls()), self.sim_config)
-        self.lidar_height = self.sim.lidar_height
 
         cfg = self.sim_config
         walls = self.sim.walls
@@ -355,6 +377,10 @@ class BulletRaceEnv(gymnasium.Env):
                 np.array([-lacc] * 3 + [-aacc] * 3, np.float32), np.array([lacc] * 3 + [aacc] * 3, np.float32)
             ),
             "lidar": spaces.Box(cfg.lidar_min_range, cfg.lidar_range, (cfg.lidar_rays,), np.float32),
+            "imu": spaces.Box(
+                np.array([-ang] * 3 + [-lacc] * 3, np.float32), np.array([ang] * 3 + [lacc] * 3, np.float32)
+            ),
+            "origin": spaces.Box(-extent, extent, (2,), np.float32),
         }
         if cfg.camera:
             obs_spaces["rgb_camera"] = spaces.Box(0, 255, (cfg.camera_height, cfg.camera_width, 3), np.uint8)
@@ -369,6 +395,7 @@ class BulletRaceEnv(gymnasium.Env):
         self._steps = 0
         self._total_progress = 0.0
         self._lap_progress = 0.0
+        self._origin = np.zeros(2, np.float32)
 
     # ----------------------------------------------------------------------------------------- gym API
 
@@ -382,6 +409,7 @@ class BulletRaceEnv(gymnasium.Env):
         else:
             raise ValueError(f"reset options['mode']={mode!r}; valid: 'grid', 'random'")
         self.sim.set_pose(float(x), float(y), float(yaw))
+        self._origin = np.array([x, y], np.float32)
         self._steps = 0
         p = self._progress()
         self._lap_progress = p
@@ -461,6 +489,8 @@ class BulletRaceEnv(gymnasium.Env):
             "velocity": fit("velocity", self.sim.velocity()),
             "acceleration": fit("acceleration", accel),
             "lidar": self.sim.lidar(self.np_random),
+            "imu": fit("imu", self.sim.imu),
+            "origin": self._origin.copy(),
         }
         if self.sim_config.camera:
             obs["rgb_camera"] = self.sim.camera()

@@ -1,10 +1,13 @@
 """racecar_gym-style observations -> Contract-1 samples, for gymnasium envs, vector envs and jitted JAX code.
 
 The adapter goes by observation keys only (`pose`, `velocity`, `acceleration`, `lidar`, optional `rgb_camera`,
-`time`), so it accepts our PyBullet env and racecar_gym itself. The planar scan becomes planar points at the
-sensor height with intensity 1 and then a BEV image through `transforms.lidar_bev`, the same projection as real
-point clouds; `contract_obs_jax` is the jnp twin for the pure-JAX env (equal to the NumPy path, tested). Radar and
-IR do not exist in simulation: zeros with valid = False.
+`time`, and our envs' `imu` and `origin`), so it accepts our PyBullet env and racecar_gym itself. Every modality
+follows the sensor contract (`src.contract`): the planar scan becomes points in the LiDAR frame (the scan plane,
+z = 0) with the contract's simulated wall intensity and then a BEV image through `transforms.lidar_bev` on the
+grid of `[model.bev]`, the same projection as real point clouds; GPS is relative to the episode's start; the IMU
+is the env's `imu` reading (or, for an env without one, derived from racecar_gym's velocity and acceleration).
+`contract_obs_jax` is the jnp twin for the pure-JAX env (equal to the NumPy path, tested). Radar and IR do not
+exist in simulation: zeros with valid = False.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from src.config import ModalityConfig
+from src import contract
+from src.config import BevConfig, ModalityConfig
 from src.data import transforms
 
 ACTION_KEYS = ("motor", "steering")
@@ -34,21 +38,18 @@ class ScanSpec:
     rays: int = 1080
     fov: float = 4.71
     max_range: float = 15.0
-    height: float = 0.1259  # sensor height above the ground (m): z of the scan points
 
     def angles(self) -> np.ndarray:
         return np.linspace(-self.fov / 2.0, self.fov / 2.0, self.rays)
 
     @classmethod
     def from_env(cls, env: Any) -> ScanSpec:
-        """Read the geometry from our envs (`sim_config` / `lidar_height`); racecar_gym defaults otherwise."""
+        """Read the geometry from our envs (`sim_config`); racecar_gym defaults otherwise."""
         base = getattr(env, "unwrapped", env)
         cfg = getattr(base, "sim_config", None)
         if cfg is None:
             return cls()
-        return cls(
-            cfg.lidar_rays, cfg.lidar_fov, cfg.lidar_range, float(getattr(base, "lidar_height", cls.height))
-        )
+        return cls(cfg.lidar_rays, cfg.lidar_fov, cfg.lidar_range)
 
 
 def _shape(m: ModalityConfig | tuple[int, ...]) -> tuple[int, ...]:
@@ -85,14 +86,15 @@ def _beam_dirs(spec: ScanSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def scan_points(ranges: np.ndarray, spec: ScanSpec) -> np.ndarray:
-    """One scan [rays] -> points [K, 4] (x, y, z = sensor height, intensity 1) for beams that returned."""
+    """One scan [rays] -> points [K, 4] in the LiDAR frame (x, y, z = 0, contract.SIM_WALL_INTENSITY) for the
+    beams that returned."""
     r = np.asarray(ranges, np.float32).reshape(-1)
     if r.shape[0] != spec.rays:
         raise ValueError(f"obs['lidar']: expected {spec.rays} ranges, got {r.shape[0]}")
     cos, sin = _beam_dirs(spec)
     hit = r < np.float32(spec.max_range - 1e-3)
     r, cos, sin = r[hit], cos[hit], sin[hit]
-    return np.stack([r * cos, r * sin, np.full_like(r, spec.height), np.ones_like(r)], 1)
+    return np.stack([r * cos, r * sin, np.zeros_like(r), np.full_like(r, contract.SIM_WALL_INTENSITY)], 1)
 
 
 def scan_sequence(ranges: np.ndarray, length: int, max_range: float) -> np.ndarray:
@@ -107,15 +109,23 @@ def scan_sequence(ranges: np.ndarray, length: int, max_range: float) -> np.ndarr
     return (pooled / max_range)[..., None]
 
 
-def _gps(pose: np.ndarray, velocity: np.ndarray, k: int, xp: Any = np) -> Any:
-    """racecar_gym pose (x, y, z, roll, pitch, yaw) and velocity -> Contract-1 gps [..., k]."""
+def _gps(env_obs: Mapping[str, Any], xp: Any = np) -> Any:
+    """racecar_gym pose (x, y, z, roll, pitch, yaw) relative to `origin`, and velocity -> contract gps [..., 5]."""
+    pose, velocity = xp.asarray(env_obs["pose"]), xp.asarray(env_obs["velocity"])
+    origin = xp.asarray(env_obs["origin"])
     speed = xp.sqrt(velocity[..., 0] ** 2 + velocity[..., 1] ** 2)
-    return transforms.gps_vector(pose[..., 0], pose[..., 1], pose[..., 5], speed, k, xp)
+    return contract.gps_vector(
+        pose[..., 0] - origin[..., 0], pose[..., 1] - origin[..., 1], pose[..., 5], speed, xp
+    )
 
 
-def _imu(velocity: np.ndarray, acceleration: np.ndarray, xp: Any = np) -> Any:
-    """Angular rates (3) then linear accelerations (3), as Contract 1 orders the IMU."""
-    return xp.concatenate([velocity[..., 3:6], acceleration[..., 0:3]], axis=-1).astype(xp.float32)
+def _imu(env_obs: Mapping[str, Any], xp: Any = np) -> Any:
+    """The env's contract `imu` reading; for an env without one (racecar_gym), the planar IMU from its body-frame
+    velocity (vx, vy, ..., yaw rate) and velocity derivative `acceleration`."""
+    if "imu" in env_obs:
+        return xp.asarray(env_obs["imu"], xp.float32)
+    v, a = xp.asarray(env_obs["velocity"]), xp.asarray(env_obs["acceleration"])
+    return contract.planar_imu(v[..., 5], v[..., 0], v[..., 1], a[..., 0], a[..., 1], xp)
 
 
 def _check_keys(env_obs: Mapping[str, Any], keys: tuple[str, ...]) -> None:
@@ -127,7 +137,7 @@ def _check_keys(env_obs: Mapping[str, Any], keys: tuple[str, ...]) -> None:
 def _contract(
     env_obs: Mapping[str, Any],
     modalities: Mapping[str, ModalityConfig | tuple[int, ...]],
-    grid: transforms.BevGrid,
+    bev: BevConfig,
     spec: ScanSpec,
     xp: Any,
     lidar_fn: Callable,
@@ -135,6 +145,12 @@ def _contract(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The one mapping racecar_gym obs -> Contract-1 (sample, valid), for NumPy (`xp=np`) or jnp."""
     _check_keys(env_obs, ("pose", "velocity", "acceleration", "lidar"))
+    contract.check_modality_shapes(dict(modalities))
+    if "gps" in modalities and "origin" not in env_obs:
+        raise ValueError(
+            "env observation: no 'origin' (the episode's start, which GPS positions are relative to); our envs "
+            "report it, and ContractObsWrapper records it at reset for envs that do not"
+        )
     scan = xp.asarray(env_obs["lidar"], xp.float32)
     lead = scan.shape[:-1]
     out: dict[str, Any] = {}
@@ -143,13 +159,13 @@ def _contract(
         shape = _shape(m)
         ok = True
         if name == "lidar":
-            out[name] = lidar_fn(scan, shape, grid, spec)
+            out[name] = lidar_fn(scan, shape, bev, spec)
         elif name == "rgb" and "rgb_camera" in env_obs:
             out[name] = rgb_fn(xp.asarray(env_obs["rgb_camera"]), shape)
         elif name == "gps":
-            out[name] = _gps(xp.asarray(env_obs["pose"]), xp.asarray(env_obs["velocity"]), shape[0], xp)
+            out[name] = _gps(env_obs, xp)
         elif name == "imu":
-            out[name] = _imu(xp.asarray(env_obs["velocity"]), xp.asarray(env_obs["acceleration"]), xp)
+            out[name] = _imu(env_obs, xp)
         elif name in ABSENT_IN_SIM or name == "rgb":  # rgb without a camera is absent, like radar and IR
             out[name], ok = xp.zeros(lead + shape, xp.float32), False
         else:
@@ -165,25 +181,32 @@ def _contract(
 def contract_obs(
     env_obs: Mapping[str, Any],
     modalities: Mapping[str, ModalityConfig | tuple[int, ...]],
-    grid: transforms.BevGrid,
+    bev: BevConfig,
     spec: ScanSpec = ScanSpec(),
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """racecar_gym observation (leading batch axes allowed, e.g. [B] from a vector env) -> (sample, valid).
 
     `sample` has one array per configured modality plus `timestamp` (float64); `valid` one bool per modality.
+    A BEV lidar modality is rasterised on `bev` at the modality's (H, W).
     """
-    return _contract(env_obs, modalities, grid, spec, np, _lidar_numpy, _rgb_numpy)
+    return _contract(env_obs, modalities, bev, spec, np, _lidar_numpy, _rgb_numpy)
 
 
-def _lidar_numpy(scan: np.ndarray, shape: tuple[int, ...], grid: Any, spec: ScanSpec) -> np.ndarray:
+def _bev_grid(bev: BevConfig, shape: tuple[int, ...]) -> contract.BevGrid:
+    if len(shape) != 3 or shape[2] != len(contract.LIDAR_CHANNELS):
+        raise ValueError(
+            f"model lidar shape {shape}: expected an (H, W, {len(contract.LIDAR_CHANNELS)}) BEV "
+            f"{contract.LIDAR_CHANNELS} or an (L, 1) scan sequence"
+        )
+    return contract.bev_grid(bev, shape)
+
+
+def _lidar_numpy(scan: np.ndarray, shape: tuple[int, ...], bev: BevConfig, spec: ScanSpec) -> np.ndarray:
     if len(shape) == 2:
         return scan_sequence(scan, shape[0], spec.max_range)
-    if len(shape) != 3:
-        raise ValueError(f"model lidar shape {shape}: expected (H, W, C) BEV or (L, 1) scan sequence")
+    grid = _bev_grid(bev, shape)
     flat = scan.reshape(-1, scan.shape[-1])
     bevs = np.stack([transforms.lidar_bev(scan_points(s, spec), grid) for s in flat])
-    if bevs.shape[1:] != shape:
-        raise ValueError(f"model lidar shape {shape} does not match the BEV grid output {bevs.shape[1:]}")
     return bevs.reshape(scan.shape[:-1] + shape)
 
 
@@ -206,8 +229,8 @@ def contract_space(modalities: Mapping[str, ModalityConfig | tuple[int, ...]]) -
     return spaces.Dict(entries)
 
 
-def _to_contract(env_obs: Mapping[str, Any], modalities: Any, grid: Any, spec: ScanSpec) -> dict[str, Any]:
-    sample, valid = contract_obs(env_obs, modalities, grid, spec)
+def _to_contract(env_obs: Mapping[str, Any], modalities: Any, bev: BevConfig, spec: ScanSpec) -> dict[str, Any]:
+    sample, valid = contract_obs(env_obs, modalities, bev, spec)
     return {**sample, "valid": valid}
 
 
@@ -216,45 +239,53 @@ class _ContractIO:
 
     env: Any
     modalities: dict[str, Any]
-    grid: Any
+    bev: BevConfig
     scan_spec: ScanSpec
+
+    def _observe(self, obs: Mapping[str, Any], start: bool) -> dict[str, Any]:
+        return _to_contract(obs, self.modalities, self.bev, self.scan_spec)
 
     def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None):
         obs, info = self.env.reset(seed=seed, options=options)
-        return _to_contract(obs, self.modalities, self.grid, self.scan_spec), info
+        return self._observe(obs, True), info
 
     def step(self, action: Any):
         obs, reward, terminated, truncated, info = self.env.step(unflatten_action(action))
-        return (
-            _to_contract(obs, self.modalities, self.grid, self.scan_spec),
-            reward,
-            terminated,
-            truncated,
-            info,
-        )
+        return self._observe(obs, False), reward, terminated, truncated, info
 
 
 class ContractObsWrapper(_ContractIO, gymnasium.Wrapper):
-    """A racecar_gym-style env seen as Contract-1 samples (no batch axis) with flat [motor, steering] actions."""
+    """A racecar_gym-style env seen as Contract-1 samples (no batch axis) with flat [motor, steering] actions.
+
+    For an env whose observations have no `origin` (racecar_gym), the pose at reset is recorded as the origin.
+    """
 
     def __init__(
-        self, env: gymnasium.Env, modalities: Mapping[str, Any], grid: Any, spec: ScanSpec | None = None
+        self, env: gymnasium.Env, modalities: Mapping[str, Any], bev: BevConfig, spec: ScanSpec | None = None
     ):
         super().__init__(env)
         self.modalities = dict(modalities)
-        self.grid = grid
+        self.bev = bev
         self.scan_spec = spec or ScanSpec.from_env(env)
+        self._origin = np.zeros(2, np.float32)
         self.observation_space = contract_space(self.modalities)
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def _observe(self, obs: Mapping[str, Any], start: bool) -> dict[str, Any]:
+        if "origin" not in obs:
+            if start:
+                self._origin = np.asarray(obs["pose"], np.float32)[:2].copy()
+            obs = {**obs, "origin": self._origin}
+        return super()._observe(obs, start)
 
 
 class ContractObsVectorWrapper(_ContractIO, gymnasium.vector.VectorWrapper):
     """The same for a `gymnasium.vector` env (Sync or Async): batched samples [B, ...], actions [B, 2]."""
 
-    def __init__(self, env: Any, modalities: Mapping[str, Any], grid: Any, spec: ScanSpec | None = None):
+    def __init__(self, env: Any, modalities: Mapping[str, Any], bev: BevConfig, spec: ScanSpec | None = None):
         super().__init__(env)
         self.modalities = dict(modalities)
-        self.grid = grid
+        self.bev = bev
         self.scan_spec = spec or self._spec_from(env)
         self.single_observation_space = contract_space(self.modalities)
         self.observation_space = gymnasium.vector.utils.batch_space(
@@ -267,10 +298,9 @@ class ContractObsVectorWrapper(_ContractIO, gymnasium.vector.VectorWrapper):
     def _spec_from(env: Any) -> ScanSpec:
         try:
             cfg = env.get_attr("sim_config")[0]
-            height = float(env.get_attr("lidar_height")[0])
         except AttributeError:  # not our env (e.g. racecar_gym): its documented defaults
             return ScanSpec()
-        return ScanSpec(cfg.lidar_rays, cfg.lidar_fov, cfg.lidar_range, height)
+        return ScanSpec(cfg.lidar_rays, cfg.lidar_fov, cfg.lidar_range)
 
 
 # --------------------------------------------------------------------------------------------- host step
@@ -322,11 +352,11 @@ def scan_points_jax(ranges: jax.Array, spec: ScanSpec) -> tuple[jax.Array, jax.A
     """A scan [rays] -> (points [rays, 4], returned [rays] bool): fixed shapes, misses masked out."""
     cos, sin = (jnp.asarray(v) for v in _beam_dirs(spec))
     r = jnp.asarray(ranges, jnp.float32)
-    pts = jnp.stack([r * cos, r * sin, jnp.full_like(r, spec.height), jnp.ones_like(r)], -1)
+    pts = jnp.stack([r * cos, r * sin, jnp.zeros_like(r), jnp.full_like(r, contract.SIM_WALL_INTENSITY)], -1)
     return pts, r < jnp.float32(spec.max_range - 1e-3)
 
 
-def lidar_bev_jax(points: jax.Array, mask: jax.Array, grid: transforms.BevGrid) -> jax.Array:
+def lidar_bev_jax(points: jax.Array, mask: jax.Array, grid: contract.BevGrid) -> jax.Array:
     """jnp twin of `transforms.lidar_bev` for points [N, 4] (x, y, z, intensity) with a keep-mask [N].
 
     Same float32 cell arithmetic as `BevGrid.cell_index`; scatter-add / scatter-max replace bincount and
@@ -357,17 +387,14 @@ def lidar_bev_jax(points: jax.Array, mask: jax.Array, grid: transforms.BevGrid) 
     return jnp.stack(channels, axis=-1).reshape(h, w, 4)
 
 
-def _lidar_jax(scan: jax.Array, shape: tuple[int, ...], grid: Any, spec: ScanSpec) -> jax.Array:
+def _lidar_jax(scan: jax.Array, shape: tuple[int, ...], bev: BevConfig, spec: ScanSpec) -> jax.Array:
     if len(shape) == 2:
         rays, length = scan.shape[-1], shape[0]
         if rays % length:
             raise ValueError(f"model lidar shape {shape}: {rays} rays are not divisible into {length} beams")
         pooled = scan.reshape(*scan.shape[:-1], length, rays // length).min(-1)
         return (pooled / jnp.float32(spec.max_range))[..., None].astype(jnp.float32)
-    if len(shape) != 3 or shape != (grid.height, grid.width, 4):
-        raise ValueError(
-            f"model lidar shape {shape}: expected the BEV grid's ({grid.height}, {grid.width}, 4)"
-        )
+    grid = _bev_grid(bev, shape)
 
     def one(s: jax.Array) -> jax.Array:
         return lidar_bev_jax(*scan_points_jax(s, spec), grid)
@@ -387,8 +414,8 @@ def _rgb_jax(images: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def contract_obs_jax(
     env_obs: Mapping[str, jax.Array],
     modalities: Mapping[str, ModalityConfig | tuple[int, ...]],
-    grid: transforms.BevGrid,
+    bev: BevConfig,
     spec: ScanSpec = ScanSpec(),
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """`contract_obs` in jnp for the JAX env's obs dict (leading batch axes allowed); jit-able."""
-    return _contract(env_obs, modalities, grid, spec, jnp, _lidar_jax, _rgb_jax)
+    return _contract(env_obs, modalities, bev, spec, jnp, _lidar_jax, _rgb_jax)

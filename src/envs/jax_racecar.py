@@ -48,6 +48,7 @@ import numpy as np
 from flax import struct
 from scipy import ndimage
 
+from src import contract
 from src.envs.tracks import Track, check_track, get_track, loop_segments, point_segment_distance
 
 Obs = dict[str, jax.Array]
@@ -144,6 +145,7 @@ class EnvState:
     lap_progress: jax.Array  # [0, 1)
     total_progress: jax.Array  # unwrapped laps (+ fraction), from the start line
     episode_return: jax.Array
+    origin: jax.Array  # [2] (x, y) of the pose point (rear axle) at reset: GPS positions are relative to it
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -636,7 +638,14 @@ def camera(params: EnvParams, state: EnvState) -> jax.Array:
     return jnp.clip(jnp.round(img), 0, 255).astype(jnp.uint8)
 
 
+def imu(state: EnvState, accel: jax.Array) -> jax.Array:
+    """The sensor contract's IMU at the centre of gravity: yaw rate and specific force (centripetal, longitudinal,
+    the ground's support against gravity), from the state and the body-frame velocity derivative `accel`."""
+    return contract.planar_imu(state.omega, state.vx, state.vy, accel[0], accel[1], jnp)
+
+
 def observe(params: EnvParams, state: EnvState, accel: jax.Array, key: jax.Array) -> Obs:
+    """racecar_gym's observation plus `imu` (the sensor contract's IMU) and `origin` (the episode's start)."""
     k_pose, k_lidar = jax.random.split(key)
     pose = _pose(params, state)
     if params.pose_noise > 0:
@@ -646,6 +655,8 @@ def observe(params: EnvParams, state: EnvState, accel: jax.Array, key: jax.Array
         "velocity": _velocity(state),
         "acceleration": accel,
         "lidar": lidar(params, state, k_lidar),
+        "imu": imu(state, accel),
+        "origin": state.origin,
     }
     if params.camera:
         obs["rgb_camera"] = camera(params, state)
@@ -682,6 +693,7 @@ def _initial_state(key: jax.Array, params: EnvParams) -> EnvState:
         lap_progress=zero,
         total_progress=zero,
         episode_return=zero,
+        origin=jnp.stack([xr, yr]).astype(f),
     )
     p = _progress(params, state)
     return state.replace(lap_progress=p, total_progress=jnp.where(p < 0.5, p, p - 1.0))

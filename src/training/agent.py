@@ -19,7 +19,7 @@ from flax import nnx
 
 from src.config import ModelConfig, RLConfig
 from src.models.raceformer import Raceformer
-from src.training.checkpoint import import_encoder
+from src.training.checkpoint import check_encoder_fits, import_encoder
 
 
 class MLPAgent(nnx.Module):
@@ -83,6 +83,18 @@ class RaceformerAgent(nnx.Module):
         return mean, log_std, self.model.value_head(features)
 
 
+def check_pretrained(cfg: RLConfig) -> None:
+    """The export `[finetune] pretrained_ckpt` names fits this run: it exists, the agent is a Raceformer, and its
+    [model] (BEV grid and modality shapes included) and sensor contract equal the run's (`check_encoder_fits`
+    names every mismatch). Called before the env is built, so the env's inputs follow the encoder's contract."""
+    path = cfg.finetune.pretrained_ckpt
+    if cfg.ppo.agent != "raceformer":
+        raise ValueError(f"finetune.pretrained_ckpt={path!r} needs ppo.agent = 'raceformer'")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"finetune.pretrained_ckpt: {path} does not exist")
+    check_encoder_fits(path, cfg.model)
+
+
 def load_pretrained(agent: nnx.Module, path: str | Path) -> None:
     """Load a pretraining run's exported encoder + fusion weights into `agent` (strict: every mismatched
     parameter path and shape is listed in the raised ValueError)."""
@@ -91,6 +103,21 @@ def load_pretrained(agent: nnx.Module, path: str | Path) -> None:
     if not Path(path).exists():
         raise FileNotFoundError(f"finetune.pretrained_ckpt: {path} does not exist")
     import_encoder(agent.model, Path(path), strict=True)
+
+
+def normalized_modalities(cfg: RLConfig) -> tuple[str, ...] | None:
+    """The observation keys `ppo.norm_obs` z-scores: None (every float leaf) for the MLP agent; for the
+    Raceformer `ppo.norm_obs_modalities` (default: its vector modalities), minus every modality whose encoder
+    is imported, since pretraining fed those their raw contract inputs."""
+    if cfg.ppo.agent != "raceformer":
+        return None
+    mods = cfg.model.modalities
+    unknown = [m for m in cfg.ppo.norm_obs_modalities if m not in mods]
+    if unknown:
+        raise ValueError(f"ppo.norm_obs_modalities: {unknown} are not model modalities {sorted(mods)}")
+    chosen = cfg.ppo.norm_obs_modalities or tuple(m for m, c in mods.items() if len(c.shape) == 1)
+    imported = set(mods) if cfg.finetune.pretrained_ckpt else set()
+    return tuple(m for m in chosen if m not in imported)
 
 
 def build_agent(cfg: RLConfig, obs_example: Any, action_dim: int, *, rngs: nnx.Rngs) -> nnx.Module:

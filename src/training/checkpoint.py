@@ -6,12 +6,17 @@ so that a restored run continues exactly. Typed PRNG keys are stored as their ra
 restore, since Orbax stores plain arrays only.
 
 `export_encoder` writes the encoder + fusion parameters as a plain `.npz` (no pickle, loadable on any device
-topology) next to the model config; `import_encoder` loads them into another Raceformer and lists every
-parameter whose path or shape does not match.
+topology) next to the model config (which holds the BEV grid, `[model.bev]`) and the sensor contract's record
+(`contract.toml`); `import_encoder` loads them into another Raceformer and lists every parameter whose path or
+shape does not match; `check_encoder_fits` lists every setting of an export that differs from a run's [model]
+or from this code's contract. `encoder_sha256` identifies an export; `check_encoder_record` keeps a run from
+resuming on top of another encoder than the one it recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from src import config
+from src import config, contract
 from src.config import ModelConfig
 
 ENCODER_PARTS: tuple[str, ...] = ("encoders", "fusion")
@@ -157,8 +162,8 @@ def _flat_params(model: nnx.Module) -> dict[str, jax.Array]:
 
 
 def export_encoder(model: nnx.Module, path: str | Path, model_cfg: ModelConfig | None = None) -> Path:
-    """Write `path/weights.npz` (encoder + fusion params, float32) and `path/model.toml` (the model config,
-    taken from `model_cfg` or the model's `cfg` attribute)."""
+    """Write `path/weights.npz` (encoder + fusion params, float32), `path/model.toml` (the model config, taken
+    from `model_cfg` or the model's `cfg` attribute) and `path/contract.toml` (the sensor contract's layouts)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(jax.device_get(v), np.float32) for k, v in _flat_params(model).items()}
@@ -166,12 +171,85 @@ def export_encoder(model: nnx.Module, path: str | Path, model_cfg: ModelConfig |
     model_cfg = model_cfg if model_cfg is not None else getattr(model, "cfg", None)
     if isinstance(model_cfg, ModelConfig):
         config.save(model_cfg, path / _MODEL_TOML)
+    contract.write_contract(path)
     return path
 
 
 def load_encoder_config(path: str | Path) -> ModelConfig:
     """The model config an export was written with."""
     return config.load(ModelConfig, Path(path) / _MODEL_TOML)
+
+
+HEAD_FIELDS = ("decoder_dim", "decoder_depth", "decoder_heads", "projection_dim", "action_dim", "init_log_std")
+"""[model] keys of the heads, which an export does not hold: a fine-tuning run may set them as it likes."""
+
+
+def check_encoder_fits(path: str | Path, model_cfg: ModelConfig) -> None:
+    """Raise `contract.ContractError` naming every [model] setting (BEV grid and modality shapes included) in
+    which the export at `path` differs from `model_cfg`, and every sensor-contract layout or scale in which it
+    differs from this code's; a missing model.toml or contract.toml is an error too."""
+    path = Path(path)
+    if not (path / _MODEL_TOML).is_file():
+        raise contract.ContractError(f"{path / _MODEL_TOML}: missing; the export does not say what model it fits")
+    stored = {k: v for k, v in config.to_dict(load_encoder_config(path)).items() if k not in HEAD_FIELDS}
+    run = {k: v for k, v in config.to_dict(model_cfg).items() if k not in HEAD_FIELDS}
+    problems = contract.mismatches(stored, run, "model")
+    problems += contract.mismatches(contract.read_contract(path), contract.contract_record(), "contract")
+    if problems:
+        raise contract.ContractError(
+            f"{path}: the exported encoder does not fit this run ({len(problems)} mismatch(es)); give the run the "
+            "encoder's [model] (two_stage does) or re-export it:\n  " + "\n  ".join(problems)
+        )
+
+
+def encoder_sha256(path: str | Path) -> str:
+    """sha256 of an export: its arrays (name, dtype, shape, bytes; not the zip container, whose entries carry
+    timestamps), then its model.toml and contract.toml."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with np.load(path / _WEIGHTS, allow_pickle=False) as z:
+        for name in sorted(z.files):
+            arr = np.ascontiguousarray(z[name])
+            digest.update(f"{name}:{arr.dtype.str}:{arr.shape}".encode())
+            digest.update(arr.tobytes())
+    for name in (_MODEL_TOML, contract.CONTRACT_TOML):
+        if (path / name).is_file():
+            digest.update(name.encode())
+            digest.update((path / name).read_bytes())
+    return digest.hexdigest()
+
+
+ENCODER_RECORD = "encoder.json"
+
+
+def check_encoder_record(run_dir: str | Path, pretrained: str | Path | None, resuming: bool) -> dict[str, Any]:
+    """Record in `run_dir/encoder.json` which encoder a fine-tuning run imported (path + `encoder_sha256`, or
+    none for a run from scratch), and refuse to resume a run whose checkpoints were trained on another one: the
+    restored checkpoint would silently overwrite the freshly imported encoder. Returns the record.
+
+    Call it at setup, before anything of the run directory is rewritten; `resuming`: a checkpoint is about to be
+    restored."""
+    run_dir = Path(run_dir)
+    record = {
+        "pretrained_ckpt": str(pretrained) if pretrained else "",
+        "sha256": encoder_sha256(pretrained) if pretrained else "",
+    }
+    file = run_dir / ENCODER_RECORD
+    if resuming:
+        before = json.loads(file.read_text()) if file.is_file() else {"pretrained_ckpt": "?", "sha256": "?"}
+        if before.get("sha256") != record["sha256"]:
+            def name(r: dict[str, Any]) -> str:
+                return f"{r['pretrained_ckpt']} (sha256 {r['sha256'][:12]})" if r["sha256"] else "no encoder"
+
+            raise contract.ContractError(
+                f"{run_dir}: its checkpoints were trained from {name(before)}"
+                f"{'' if file.is_file() else ' (unrecorded)'}, but this run imports {name(record)}; resuming "
+                "would overwrite the imported encoder with the checkpoint's. Start over with "
+                "--set run.resume=false (in a fresh run directory: another run.name, or remove this one)"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(record, indent=1))
+    return record
 
 
 def import_encoder(model: nnx.Module, path: str | Path, *, strict: bool = True) -> list[str]:

@@ -265,6 +265,7 @@ class Learner:
     rest: Any
     mask: Any
     tx: optax.GradientTransformation
+    norm_keys: tuple[str, ...] | None = None  # with cfg.norm_obs: the observation keys normalised (None: all)
 
     @classmethod
     def create(
@@ -273,11 +274,12 @@ class Learner:
         cfg: PPOConfig,
         total_updates: int,
         frozen_prefixes: tuple[tuple[str, ...], ...] = (),
+        norm_keys: tuple[str, ...] | None = None,
     ) -> tuple[Learner, Any]:
         """Split `agent` into graph + params; returns the learner and the initial params."""
         graphdef, params, rest = nnx.split(agent, nnx.Param, ...)
         mask = frozen_mask(params, frozen_prefixes)
-        return cls(cfg, graphdef, rest, mask, make_optimizer(cfg, total_updates, mask)), params
+        return cls(cfg, graphdef, rest, mask, make_optimizer(cfg, total_updates, mask), norm_keys), params
 
     def init_state(self, params: Any, obs_example: Any, key: jax.Array) -> TrainState:
         return TrainState(
@@ -298,7 +300,21 @@ class Learner:
         return self.module(frozen)(obs)
 
     def normalize_obs(self, state: TrainState, obs: Any) -> Any:
-        return rms_normalize(state.obs_rms, obs, self.cfg.clip_obs) if self.cfg.norm_obs else obs
+        """With `norm_obs`, z-score the observation by the running statistics: all float leaves, or only the
+        keys `norm_keys` names (the others, e.g. the inputs of imported encoders, pass through untouched)."""
+        if not self.cfg.norm_obs:
+            return obs
+        if self.norm_keys is None:
+            return rms_normalize(state.obs_rms, obs, self.cfg.clip_obs)
+        picked = {k: obs[k] for k in self.norm_keys}
+        normed = rms_normalize(
+            state.obs_rms._replace(
+                mean={k: state.obs_rms.mean[k] for k in picked}, var={k: state.obs_rms.var[k] for k in picked}
+            ),
+            picked,
+            self.cfg.clip_obs,
+        )
+        return {**obs, **normed}
 
     def policy_step(self, state: TrainState, raw_obs: Any) -> tuple[TrainState, dict[str, Any]]:
         """Observe (update obs stats), sample u ~ pi(.|obs): the state advances its key and obs statistics."""

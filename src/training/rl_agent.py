@@ -3,7 +3,8 @@
 A run lives in `runs/<name>/` (Contract 3): the resolved `config.toml`, Orbax checkpoints in `ckpt/` (the whole
 engine carry, so a resumed JAX-engine run continues exactly; host-engine runs restart their episodes),
 `metrics.jsonl` + TensorBoard events (episodic return, lap progress, laps, collision rate, env steps/s, losses,
-approximate KL, clip fraction, entropy), periodic deterministic evaluations and `learning_curve.png`.
+approximate KL, clip fraction, entropy), periodic deterministic evaluations, `learning_curve.png` and, for the
+Raceformer agent, `encoder.json` (the imported encoder's path and sha256: resuming on another encoder is an error).
 `--eval` restores the latest checkpoint, drives `eval.episodes` deterministic episodes, prints lap time and
 collisions, and writes `eval.gif` (top-down: track walls, the car's trail and pose).
 """
@@ -27,12 +28,19 @@ from flax import nnx
 
 from src import config
 from src.config import RLConfig
-from src.data import transforms
+from src.contract import ContractError
 from src.envs import gym_wrapper, jax_racecar
 from src.envs.tracks import get_track
 from src.training import ppo
-from src.training.agent import FROZEN_PREFIXES, UNUSED_PREFIXES, build_agent, load_pretrained
-from src.training.checkpoint import Checkpointer
+from src.training.agent import (
+    FROZEN_PREFIXES,
+    UNUSED_PREFIXES,
+    build_agent,
+    check_pretrained,
+    load_pretrained,
+    normalized_modalities,
+)
+from src.training.checkpoint import Checkpointer, check_encoder_record
 from src.training.logging import MetricLogger
 
 RACING_INFO = ("total_progress", "lap", "wall_collision")
@@ -85,11 +93,11 @@ def _vector_env(cfg: RLConfig, num_envs: int, seed_offset: int = 0) -> Any:
 
 
 def _contract_fn(cfg: RLConfig) -> tuple[Callable, Callable]:
-    """(obs_fn, action_fn) mapping racecar_gym observations to the agent's Contract-1 input and back."""
-    grid = transforms.BevGrid()
+    """(obs_fn, action_fn) mapping racecar_gym observations to the agent's Contract-1 input and back (the BEV
+    grid of `[model.bev]`, which a fine-tuning run has checked against its encoder's)."""
 
     def obs_fn(env_obs: dict) -> dict:
-        sample, valid = gym_wrapper.contract_obs(env_obs, cfg.model.modalities, grid)
+        sample, valid = gym_wrapper.contract_obs(env_obs, cfg.model.modalities, cfg.model.bev)
         sample.pop("timestamp")
         return {**sample, "valid": valid}
 
@@ -175,12 +183,12 @@ def env_settings(cfg: RLConfig) -> dict[str, Any]:
 
 
 def contract_obs_fn(cfg: RLConfig, params: Any) -> Callable[[dict], dict]:
-    """The jit-able map of a jax_racecar observation to the agent's Contract-1 input (radar/IR zeros, invalid)."""
+    """The jit-able map of a jax_racecar observation to the agent's Contract-1 input (radar/IR zeros, invalid;
+    the lidar BEV on the grid of `[model.bev]`, which a fine-tuning run has checked against its encoder's)."""
     spec = gym_wrapper.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
-    grid = transforms.BevGrid()
 
     def obs_fn(env_obs: dict) -> dict:
-        sample, valid = gym_wrapper.contract_obs_jax(env_obs, cfg.model.modalities, grid, spec)
+        sample, valid = gym_wrapper.contract_obs_jax(env_obs, cfg.model.modalities, cfg.model.bev, spec)
         sample = {k: v for k, v in sample.items() if k != "timestamp"}
         return {**sample, "valid": valid}
 
@@ -316,6 +324,8 @@ class Setup:
 
 def setup(cfg: RLConfig, bundle: EnvBundle | None = None) -> Setup:
     """Env, agent (optionally with pretrained, frozen encoders) and learner for `cfg`."""
+    if cfg.finetune.pretrained_ckpt:
+        check_pretrained(cfg)  # before the env: its inputs must follow the encoder's contract
     bundle = bundle or make_bundle(cfg)
     iterations = num_iterations(cfg)
     agent = build_agent(cfg, bundle.obs_example, bundle.action_dim, rngs=nnx.Rngs(cfg.run.seed))
@@ -327,7 +337,7 @@ def setup(cfg: RLConfig, bundle: EnvBundle | None = None) -> Setup:
             raise config.ConfigError("finetune.freeze_encoders = true needs ppo.agent = 'raceformer'")
         frozen = frozen + FROZEN_PREFIXES
     updates = iterations * cfg.ppo.update_epochs * cfg.ppo.num_minibatches
-    learner, params = ppo.Learner.create(agent, cfg.ppo, updates, frozen)
+    learner, params = ppo.Learner.create(agent, cfg.ppo, updates, frozen, normalized_modalities(cfg))
     return Setup(cfg, bundle, learner, params, iterations)
 
 
@@ -383,8 +393,14 @@ def train(
             f"{ckpt.directory} already holds checkpoints {ckpt.all_steps()}; starting afresh would mix two runs: "
             "choose another run.name or remove that directory"
         )
-    config.save(cfg, out / "config.toml")
     latest = ckpt.latest_step() if resume else None
+    if cfg.ppo.agent == "raceformer":
+        try:
+            check_encoder_record(out, cfg.finetune.pretrained_ckpt or None, resuming=latest is not None)
+        except ContractError:
+            ckpt.close()
+            raise
+    config.save(cfg, out / "config.toml")
     if latest is not None:
         carry, meta = ckpt.restore(latest, carry)
         carry = engine.shard(carry) if jax_engine else carry
