@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from src import config
+from src import config, processes
 from src.config import ConfigError, PretrainConfig
 from src.models.raceformer import Raceformer
 from src.training import run_dir, sharding
@@ -314,6 +314,7 @@ def train(
     `stop_after` ends this invocation after that many steps in total (with a checkpoint), as a pre-emption would.
     """
     t_start = time.perf_counter()
+    processes.prepare_process()
     sharding.initialize_distributed(cfg.mesh)
     tr = cfg.training
     primary = jax.process_index() == 0
@@ -344,6 +345,7 @@ def train(
     losses: dict[int, float] = {}
     step, stopped_by, saved_at = start, "completed", latest
     modalities = s.model.modalities
+    batch = None
     try:
         while step < end:
             if flag.should_stop(step):
@@ -395,6 +397,9 @@ def train(
         close = getattr(data_iter, "close", None)
         if close is not None:
             close()
+        # On CPU the batch's JAX arrays alias Grain's shared memory: drop them, then let Grain unlink it all.
+        batch = None
+        processes.release_shared_memory()
     return TrainResult(out, start, step, losses, stopped_by, encoder_dir, time.perf_counter() - t_start, state)
 
 
@@ -418,7 +423,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    flags.FLAGS.mark_as_parsed()  # Grain's spawned data workers read absl flags
     raise SystemExit(main())

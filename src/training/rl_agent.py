@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from src import config
+from src import config, processes
 from src.config import RLConfig
 from src.data import transforms
 from src.envs import gym_wrapper, jax_racecar
@@ -321,7 +321,7 @@ def setup(cfg: RLConfig, bundle: EnvBundle | None = None) -> Setup:
     agent = build_agent(cfg, bundle.obs_example, bundle.action_dim, rngs=nnx.Rngs(cfg.run.seed))
     frozen = UNUSED_PREFIXES if cfg.ppo.agent == "raceformer" else ()
     if cfg.finetune.pretrained_ckpt:
-        load_pretrained(agent, cfg.finetune.pretrained_ckpt)
+        load_pretrained(agent, cfg.finetune.pretrained_ckpt, cfg.model)
     if cfg.finetune.freeze_encoders:
         if cfg.ppo.agent != "raceformer":
             raise config.ConfigError("finetune.freeze_encoders = true needs ppo.agent = 'raceformer'")
@@ -362,6 +362,7 @@ def train(
     `cfg.env` names (tests bring their own small JAX envs).
     """
     t0 = time.perf_counter()
+    processes.prepare_process()
     s = setup(cfg, bundle)
     rd = run_dir.prepare(cfg, resume=resume)
     out = rd.path
