@@ -40,7 +40,13 @@ def worker_init(worker_index: int = 0, worker_count: int = 1) -> None:
     exits (Grain starts workers from helper threads) and exists on Linux only.
     """
     del worker_index, worker_count
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), name="parent-watchdog", daemon=True).start()
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()  # the spawning process, even if it died while this one started
+    parent_pid = parent.pid if parent is not None and parent.pid is not None else os.getppid()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
 
 
 def release_shared_memory() -> None:

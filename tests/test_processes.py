@@ -46,12 +46,13 @@ def test_kill_9_leaves_no_process_behind(tiny_cmht_root, tmp_path):
         cwd=REPO, env=python_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while len(_session_processes(proc.pid)) < 4:  # the trainer, 2 workers, the resource tracker
+        deadline = time.monotonic() + 600
+        metrics = tmp_path / "pretrain_cmht_demo" / "metrics.jsonl"
+        # training runs (its workers deliver batches) and the trainer, 2 workers and the resource tracker live
+        while not (metrics.is_file() and metrics.read_text()) or len(_session_processes(proc.pid)) < 4:
             assert proc.poll() is None, "the run ended before its workers were seen"
             assert time.monotonic() < deadline, _session_processes(proc.pid)
             time.sleep(0.5)
-        time.sleep(2.0)  # workers busy decoding
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         t0 = time.monotonic()

@@ -52,12 +52,15 @@ def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
     return tiny[command]
 
 
-def test_readme_lists_the_commands_this_test_knows():
+def test_every_readme_command_has_a_tiny_form(tmp_path):
     commands = readme_commands()
     assert "-m src.training.pretrainer --config configs/pretrain_cmht.toml" in commands
     assert any(c.startswith("-m src.training.two_stage") for c in commands)
+    for command in commands:
+        assert tiny_args(command, tmp_path / "data", tmp_path / "runs")  # fails for a command without one
 
 
+@pytest.mark.slow  # four fresh processes, each compiling its model: several minutes on 2 cores
 def test_every_readme_command_runs(tiny_cmht_root, tmp_path):
     for command in readme_commands():
         done = run_python([*shlex.split(command), *tiny_args(command, tiny_cmht_root, tmp_path)])
