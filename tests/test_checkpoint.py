@@ -1,7 +1,8 @@
-"""Checkpointer (state, RNG key, Grain iterator, retention), encoder export/import, freeze mask, MetricLogger."""
+"""Checkpointer (state, RNG key, Grain iterator, retention), encoder export/import, MetricLogger."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import grain
@@ -12,7 +13,8 @@ import optax
 import pytest
 from flax import nnx
 
-from src.training.checkpoint import Checkpointer, export_encoder, freeze_mask, import_encoder
+from src.config import ModalityConfig, ModelConfig
+from src.training.checkpoint import Checkpointer, export_encoder, import_encoder, load_encoder_config
 from src.training.logging import MetricLogger
 
 
@@ -106,16 +108,6 @@ def test_export_import_strict_and_lenient(tmp_path):
         import_encoder(wide, tmp_path / "nothing")
 
 
-def test_freeze_mask_marks_encoders_and_fusion():
-    mask = nnx.to_flat_state(freeze_mask(Small(4, 0)))
-    marked = {"/".join(map(str, p)): bool(v.get_value()) for p, v in mask}
-    assert marked == {
-        "encoders/gps/bias": True, "encoders/gps/kernel": True, "encoders/lidar/bias": True,
-        "encoders/lidar/kernel": True, "fusion/bias": True, "fusion/kernel": True,
-        "head/bias": False, "head/kernel": False,
-    }
-
-
 def test_metric_logger_averages_between_logs(tmp_path):
     logger = MetricLogger(tmp_path, total_steps=4, progress=False)
     logger.update({"loss": jnp.float32(1.0)})
@@ -139,3 +131,34 @@ def test_metric_logger_averages_between_logs(tmp_path):
     assert quiet.log(1) == {}
     quiet.close()
     assert not (tmp_path / "other").exists()
+
+
+def test_metric_logger_sums_counts_keeps_counters_and_weights_episode_means(tmp_path):
+    logger = MetricLogger(tmp_path, total_steps=4, progress=False, sums=("episodes",), latest=("env_steps",),
+                          weights={"episode/": "episodes"})
+    logger.update({"episodes": 1, "episode/return": 10.0, "env_steps": 64, "loss": 1.0})
+    logger.update({"episodes": 0, "env_steps": 128, "loss": 2.0})  # no episode ended
+    logger.update({"episodes": 3, "episode/return": 2.0, "env_steps": 192, "loss": 6.0})
+    assert logger.log(3) == {"episodes": 4.0, "episode/return": 4.0, "env_steps": 192.0, "loss": 3.0}
+    logger.update({"episodes": 0, "env_steps": 256})
+    assert logger.log(4) == {"episodes": 0.0, "env_steps": 256.0}  # no episode: no return, not a zero
+    with pytest.raises(KeyError, match="weighted by 'episodes'"):
+        logger.update({"episode/return": 1.0})
+    logger.close()
+
+
+def test_import_refuses_an_encoder_trained_with_other_settings(tmp_path):
+    cfg = ModelConfig(num_heads=2, modalities={"lidar": ModalityConfig((32, 32, 2)), "gps": ModalityConfig((4,))})
+    export_encoder(Small(4, 0), tmp_path / "enc", cfg)
+    assert load_encoder_config(tmp_path / "enc") == cfg
+    other = dataclasses.replace(
+        cfg, num_heads=4, modalities={**cfg.modalities, "lidar": ModalityConfig((64, 64, 8), patch_size=8)}
+    )
+    with pytest.raises(ValueError) as err:
+        import_encoder(Small(4, 1), tmp_path / "enc", model_cfg=other)
+    assert str(err.value).splitlines()[1:] == [
+        "  model.num_heads: model 4, checkpoint 2",
+        "  model.modalities.lidar: model 8 channels in patches of 8, checkpoint 2 channels in patches of 16",
+    ]
+    resized = dataclasses.replace(cfg, modalities={**cfg.modalities, "lidar": ModalityConfig((64, 64, 2))})
+    assert import_encoder(Small(4, 1), tmp_path / "enc", model_cfg=resized) == []  # another resolution is fine

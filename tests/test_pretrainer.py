@@ -5,7 +5,10 @@ Every run here shares one config shape, so the jitted step compiles once for the
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
 
 import grain
@@ -15,6 +18,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from src import config
+from src.config import ConfigError, PretrainConfig
 from src.models.raceformer import Raceformer
 from src.training import pretrainer, sharding
 from src.training.checkpoint import Checkpointer, import_encoder
@@ -58,6 +63,37 @@ def test_kill_and_resume_continues_exactly(full_run, runs):
         assert first.losses[k] == pytest.approx(full.losses[k], abs=1e-6)
     for k in range(14, 31):
         assert second.losses[k] == pytest.approx(full.losses[k], abs=1e-6), k
+
+
+def test_resume_false_starts_over_in_a_clean_run_dir(full_run, runs):
+    """A finished run (checkpoints 10, 20, 30, encoder) restarted with run.resume=false and another checkpoint
+    cadence: the old run is moved aside intact, the new directory holds only the new run's files."""
+    _, full = full_run
+    shutil.copytree(full.run_dir, runs / "over")
+    cfg = tiny_config(runs, "over", run={"name": "over", "out_dir": str(runs), "seed": 0, "resume": False},
+                      training={"checkpoint_every": 15})
+    again = pretrainer.train(cfg, data_fn=tiny_data_fn(), progress=False)
+    assert again.start_step == 0 and again.stopped_by == "completed"
+    assert again.losses == full.losses  # started from step 0 with the same seed: the same run again
+    out = runs / "over"
+    assert Checkpointer(out / "ckpt", save_every=15, keep=3).all_steps() == [15, 30]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert again.encoder_dir == out / "encoder" and (out / "encoder" / "weights.npz").is_file()
+    assert config.load(PretrainConfig, out / "config.toml") == cfg
+    aside = [p for p in runs.iterdir() if p.name.startswith("over.")]
+    assert len(aside) == 1 and re.fullmatch(r"over\.\d{8}T\d{6}Z", aside[0].name)
+    assert Checkpointer(aside[0] / "ckpt", save_every=10, keep=3).all_steps() == [10, 20, 30]
+    assert len((aside[0] / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_resuming_with_another_config_names_the_keys(full_run, runs):
+    cfg, _ = full_run
+    changed = tiny_config(runs, "full", training={"learning_rate": 1e-2, "log_every": 2})
+    with pytest.raises(ConfigError, match=r"training\.learning_rate: 0\.003 -> 0\.01") as err:
+        pretrainer.train(changed, data_fn=tiny_data_fn(), progress=False)
+    assert "log_every" not in str(err.value) and "run.resume=false" in str(err.value)
+    assert config.load(PretrainConfig, runs / "full" / "config.toml") == cfg  # left as it was
 
 
 def _batch(indices):
@@ -156,3 +192,35 @@ def test_sigterm_saves_a_checkpoint_and_exits(runs):
     assert signal.getsignal(signal.SIGTERM) is previous
     assert result.stopped_by == "SIGTERM" and result.step == 7 and result.encoder_dir is None
     assert Checkpointer(runs / "sigterm" / "ckpt", save_every=10, keep=3).latest_step() == 7
+
+
+def _params_by_path(model):
+    return {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_weight_decay_reaches_dense_kernels_only(runs):
+    """One AdamW step of the pretrainer's optimizer with zero gradients moves a parameter only by its weight
+    decay: exactly the Dense kernels move; embedding tables, tokens, biases and norms stay."""
+    from src.training.objectives import LatentDecoder
+
+    cfg = tiny_config(runs, "decay", model={"pos_embedding": "learned", "missing_modality": "learned_token"},
+                      training={"warmup_steps": 0, "weight_decay": 0.5})
+    model = Raceformer(cfg.model, rngs=nnx.Rngs(0))
+    model.latent_decoder = LatentDecoder(32, 3, 16, rngs=nnx.Rngs(1))  # brings an nnx.Embed table
+    before = _params_by_path(model)
+    optimizer = nnx.Optimizer(model, pretrainer.make_optimizer(cfg), wrt=nnx.Param)
+    optimizer.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
+    after = _params_by_path(model)
+    decayed = {k for k in before if not np.array_equal(before[k], after[k])}
+    block = ("attn/qkv", "attn/out", "fc1", "fc2")
+    expected = {
+        "encoders/gps/proj", "encoders/lidar/embed/proj", "encoders/rgb/embed/proj",
+        *(f"{stack}/blocks/0/{layer}" for stack in ("encoders/lidar", "encoders/rgb", "fusion", "pretrain_head")
+          for layer in block),
+        "pretrain_head/embed", "pretrain_head/out/lidar", "pretrain_head/out/rgb", "projection_head/fc1",
+        "projection_head/fc2", "policy_head/mean", "value_head/value", "latent_decoder/hidden", "latent_decoder/out",
+    }
+    assert decayed == {f"{k}/kernel" for k in expected}
+    for table in ("encoders/lidar/pos/table", "fusion/type_embed", "fusion/missing_token", "fusion/cls_token",
+                  "pretrain_head/type_embed", "pretrain_head/mask_token", "latent_decoder/view_embed/embedding"):
+        assert table in before and table not in decayed

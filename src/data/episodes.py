@@ -31,7 +31,7 @@ import jsonschema
 import numpy as np
 from PIL import Image
 
-from src import contract
+from src import contract, processes
 from src.config import DataConfig, ModalityConfig, ModelConfig
 from src.data import transforms
 
@@ -414,7 +414,8 @@ def to_iter(
     )
     if num_workers > 0:
         it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch))
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch)),
+            worker_init_fn=processes.worker_init,  # workers end with their parent
         )
     return it
 

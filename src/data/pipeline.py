@@ -34,7 +34,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from src import contract
+from src import contract, processes
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig
 from src.data import cmht, sync, transforms
 
@@ -330,7 +330,8 @@ def build_pipeline(
     )
     if num_workers > 0:
         it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch))
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch)),
+            worker_init_fn=processes.worker_init,  # workers end with their parent
         )
     return iter(it)
 

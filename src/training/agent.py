@@ -19,7 +19,7 @@ from flax import nnx
 
 from src.config import ModelConfig, RLConfig
 from src.models.raceformer import Raceformer
-from src.training.checkpoint import check_encoder_fits, import_encoder
+from src.training.checkpoint import ENCODER_PARTS, check_encoder_fits, import_encoder
 
 
 class MLPAgent(nnx.Module):
@@ -54,7 +54,7 @@ class MLPAgent(nnx.Module):
         return self._run(self.actor, x), self.log_std[...], self._run(self.critic, x)[:, 0]
 
 
-FROZEN_PREFIXES: tuple[tuple[str, ...], ...] = (("model", "encoders"), ("model", "fusion"))
+FROZEN_PREFIXES: tuple[tuple[str, ...], ...] = tuple(("model", part) for part in ENCODER_PARTS)
 """Parameter paths of a `RaceformerAgent` that pretraining exports and `[finetune] freeze_encoders` freezes."""
 
 UNUSED_PREFIXES: tuple[tuple[str, ...], ...] = (("model", "pretrain_head"), ("model", "projection_head"))
@@ -95,14 +95,14 @@ def check_pretrained(cfg: RLConfig) -> None:
     check_encoder_fits(path, cfg.model)
 
 
-def load_pretrained(agent: nnx.Module, path: str | Path) -> None:
+def load_pretrained(agent: nnx.Module, path: str | Path, model_cfg: ModelConfig | None = None) -> None:
     """Load a pretraining run's exported encoder + fusion weights into `agent` (strict: every mismatched
-    parameter path and shape is listed in the raised ValueError)."""
+    parameter path and shape, and with `model_cfg` every differing setting, is listed in the ValueError)."""
     if not isinstance(agent, RaceformerAgent):
         raise ValueError(f"finetune.pretrained_ckpt={str(path)!r} needs ppo.agent = 'raceformer'")
     if not Path(path).exists():
         raise FileNotFoundError(f"finetune.pretrained_ckpt: {path} does not exist")
-    import_encoder(agent.model, Path(path), strict=True)
+    import_encoder(agent.model, Path(path), strict=True, model_cfg=model_cfg)
 
 
 def normalized_modalities(cfg: RLConfig) -> tuple[str, ...] | None:

@@ -8,9 +8,10 @@ restore, since Orbax stores plain arrays only.
 `export_encoder` writes the encoder + fusion parameters as a plain `.npz` (no pickle, loadable on any device
 topology) next to the model config (which holds the BEV grid, `[model.bev]`) and the sensor contract's record
 (`contract.toml`); `import_encoder` loads them into another Raceformer and lists every parameter whose path or
-shape does not match; `check_encoder_fits` lists every setting of an export that differs from a run's [model]
-or from this code's contract. `encoder_sha256` identifies an export; `check_encoder_record` keeps a run from
-resuming on top of another encoder than the one it recorded.
+shape does not match, and every setting the shapes cannot show (attention heads, a modality's patch size and
+channels) that differs from the export's model config; `check_encoder_fits` lists every setting of an export
+that differs from a run's [model] or from this code's contract. `encoder_sha256` identifies an export;
+`check_encoder_record` keeps a run from resuming on top of another encoder than the one it recorded.
 """
 
 from __future__ import annotations
@@ -245,19 +246,46 @@ def check_encoder_record(run_dir: str | Path, pretrained: str | Path | None, res
                 f"{run_dir}: its checkpoints were trained from {name(before)}"
                 f"{'' if file.is_file() else ' (unrecorded)'}, but this run imports {name(record)}; resuming "
                 "would overwrite the imported encoder with the checkpoint's. Start over with "
-                "--set run.resume=false (in a fresh run directory: another run.name, or remove this one)"
+                "--set run.resume=false (the old run is moved aside to <run.name>.<UTC time>)"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps(record, indent=1))
     return record
 
 
-def import_encoder(model: nnx.Module, path: str | Path, *, strict: bool = True) -> list[str]:
+def config_mismatches(exported: ModelConfig, current: ModelConfig) -> list[str]:
+    """Encoder settings that change what the weights compute without changing any parameter's shape: the
+    attention heads, and per shared modality its channel count and patch size (with sin-cos positions, a
+    16x16x1 patch and an 8x8x4 patch have the same projection shape)."""
+    problems = []
+    if exported.num_heads != current.num_heads:
+        problems.append(f"model.num_heads: model {current.num_heads}, checkpoint {exported.num_heads}")
+    for m in sorted(set(exported.modalities) & set(current.modalities)):
+        a, b = exported.modalities[m], current.modalities[m]
+        pa, pb = a.patch_size or exported.patch_size, b.patch_size or current.patch_size
+        if len(a.shape) > 1 and (a.shape[-1], pa) != (b.shape[-1], pb):
+            problems.append(
+                f"model.modalities.{m}: model {b.shape[-1]} channels in patches of {pb}, "
+                f"checkpoint {a.shape[-1]} channels in patches of {pa}"
+            )
+    return problems
+
+
+def import_encoder(
+    model: nnx.Module, path: str | Path, *, strict: bool = True, model_cfg: ModelConfig | None = None
+) -> list[str]:
     """Load an `export_encoder` directory into `model`'s encoders + fusion.
 
     strict: any parameter missing on either side or with another shape raises a ValueError that lists every such
     path with both shapes. Not strict: the matching parameters are loaded; returns the skipped paths.
+    model_cfg (the config `model` was built from): also compared with the export's `model.toml`
+    (`config_mismatches`); a difference is an error whatever `strict` says.
     """
+    if model_cfg is not None and (Path(path) / _MODEL_TOML).is_file():
+        wrong = config_mismatches(load_encoder_config(path), model_cfg)
+        if wrong:
+            raise ValueError(f"{Path(path) / _MODEL_TOML}: the encoder was trained with other settings:\n  "
+                             + "\n  ".join(wrong))
     file = Path(path) / _WEIGHTS
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no exported encoder weights")
@@ -289,11 +317,3 @@ def import_encoder(model: nnx.Module, path: str | Path, *, strict: bool = True) 
             flat.append((p, var))
         nnx.update(module, nnx.from_flat_state(flat))
     return [p.split(":")[0] for p in problems]
-
-
-def freeze_mask(model: nnx.Module) -> nnx.State:
-    """Booleans with the structure of `nnx.state(model, nnx.Param)`: True for encoder + fusion parameters
-    (e.g. for `optax.masked` / `optax.set_to_zero` when fine-tuning with frozen encoders)."""
-    state = nnx.state(model, nnx.Param)
-    flat = [(p, v.replace(bool(p and str(p[0]) in ENCODER_PARTS))) for p, v in nnx.to_flat_state(state)]
-    return nnx.from_flat_state(flat)

@@ -1,8 +1,12 @@
-"""Training metrics: `flax.nnx.metrics` averages -> console progress bar, `metrics.jsonl` and TensorBoard.
+"""Training metrics: per-key aggregates over a logging window -> console progress bar, `metrics.jsonl`, TensorBoard.
 
-`update` accumulates one step's scalars (an `nnx.metrics.Average` per key); `log` folds in its own metrics,
-writes the averages since the last `log` as one JSON line and one TensorBoard scalar per key, advances the
-progress bar and resets the averages. On non-zero JAX processes the logger is disabled and does nothing.
+`update` accumulates one step's (or one PPO iteration's) scalars; `log` folds in its own metrics, writes the
+aggregate of every update since the last `log` as one JSON line and one TensorBoard scalar per key, advances
+the progress bar and resets. A key's aggregate is the mean of its updates, except for keys named in `sums`
+(counts, e.g. finished episodes), `latest` (counters, e.g. env steps so far) and `weights` (a key starting with
+one of its prefixes is a mean weighted by another key of the same update, e.g. episode figures by the number of
+episodes, so the logged return is the mean over every episode of the window). On non-zero JAX processes the
+logger is disabled and does nothing.
 """
 
 from __future__ import annotations
@@ -14,17 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
 _BAR_KEYS = ("loss", "lr", "samples_per_s", "return", "episode/return")
 
 
 class MetricLogger:
     def __init__(self, run_dir: str | Path, *, total_steps: int, enabled: bool = True, progress: bool = True,
-                 initial_step: int = 0):
+                 initial_step: int = 0, sums: tuple[str, ...] = (), latest: tuple[str, ...] = (),
+                 weights: dict[str, str] | None = None):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self._averages: dict[str, nnx.metrics.Average] = {}
+        self.sums, self.latest, self.weights = frozenset(sums), frozenset(latest), dict(weights or {})
+        self._totals: dict[str, list[float]] = {}  # key -> [weighted sum, total weight]
         self._t0 = time.perf_counter()
         self._bar = None
         self._writer = None
@@ -41,15 +46,30 @@ class MetricLogger:
 
             self._bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, leave=True)
 
+    def _weight(self, key: str, metrics: dict[str, Any]) -> float:
+        for prefix, weight_key in self.weights.items():
+            if key.startswith(prefix) and key != weight_key:
+                if weight_key not in metrics:
+                    raise KeyError(f"metric {key!r} is weighted by {weight_key!r}, which this update lacks")
+                return float(metrics[weight_key])
+        return 1.0
+
     def update(self, metrics: dict[str, Any]) -> None:
         """Accumulate one step's scalar metrics (JAX or NumPy scalars, or floats)."""
         if not self.enabled:
             return
         for key, value in metrics.items():
-            avg = self._averages.get(key)
-            if avg is None:
-                avg = self._averages[key] = nnx.metrics.Average()
-            avg.update(values=np.asarray(value, np.float64))
+            value = float(np.asarray(value, np.float64))
+            w = 1.0 if key in self.latest or key in self.sums else self._weight(key, metrics)
+            if w <= 0:  # a mean weighted by nothing this update (e.g. no episode ended) gets no term
+                continue
+            total = self._totals.setdefault(key, [0.0, 0.0])
+            if key in self.latest:
+                total[:] = [value, 1.0]
+            elif key in self.sums:
+                total[:] = [total[0] + value, 1.0]
+            else:
+                total[:] = [total[0] + w * value, total[1] + w]
 
     def log(self, step: int, metrics: dict[str, Any] | None = None) -> dict[str, float]:
         """Fold in `metrics`, write the averages since the last call at `step`, reset; returns what was written."""
@@ -57,8 +77,8 @@ class MetricLogger:
             return {}
         if metrics:
             self.update(metrics)
-        row = {k: float(avg.compute()) for k, avg in self._averages.items()}
-        self._averages.clear()
+        row = {k: s / w if w > 0 else float("nan") for k, (s, w) in self._totals.items()}
+        self._totals.clear()
         # JSON has no NaN/Infinity: a metric without a finite value this interval (e.g. no lap finished yet,
         # or the non-finite loss that stops a run) is written as null, so the file stays strict JSON.
         finite = {k: v if math.isfinite(v) else None for k, v in row.items()}

@@ -26,10 +26,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from src import config
+from src import config, processes
 from src.config import ConfigError, PretrainConfig
 from src.models.raceformer import Raceformer
-from src.training import sharding
+from src.training import run_dir, sharding
 from src.training.checkpoint import Checkpointer, export_encoder
 from src.training.logging import MetricLogger
 from src.training.objectives import (
@@ -148,10 +148,21 @@ def make_schedule(cfg: PretrainConfig) -> optax.Schedule:
     )
 
 
+def decay_mask(params: Any) -> Any:
+    """Bool tree over `params`: True only for the weight matrices (`kernel`) of Dense layers. Biases, norm scales
+    and learned tables (position and modality-type embeddings, missing-modality / mask / CLS tokens, nnx.Embed)
+    are not decayed: pulling them toward zero erases what they encode rather than regularising a map."""
+
+    def is_kernel(path: tuple, _: Any) -> bool:
+        names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+        return [n for n in names if n != "value"][-1] == "kernel"  # ".value" is the Variable's array
+
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
 def make_optimizer(cfg: PretrainConfig) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW (no weight decay on biases, norms and embeddings of rank < 2)."""
+    """Clip by global norm, then AdamW with weight decay on Dense kernels only (`decay_mask`)."""
     tr = cfg.training
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     return optax.chain(
         optax.clip_by_global_norm(tr.grad_clip),
         optax.adamw(make_schedule(cfg), weight_decay=tr.weight_decay, mask=decay_mask),
@@ -282,10 +293,6 @@ class TrainResult:
     state: dict[str, Any]  # the final {"model", "optimizer", "rng"} state (global arrays)
 
 
-def run_dir(cfg: PretrainConfig) -> Path:
-    return Path(cfg.run.out_dir) / cfg.run.name
-
-
 def _replicated_model(s: Setup, state: dict) -> Raceformer:
     """The model with `state`'s parameters gathered onto every device (for export on any process)."""
     gather = jax.jit(lambda x: x, out_shardings=sharding.replicated(s.mesh))
@@ -307,20 +314,24 @@ def train(
     `stop_after` ends this invocation after that many steps in total (with a checkpoint), as a pre-emption would.
     """
     t_start = time.perf_counter()
+    processes.prepare_process()
     sharding.initialize_distributed(cfg.mesh)
     tr = cfg.training
-    out = run_dir(cfg)
     primary = jax.process_index() == 0
-    if primary:
-        config.save(cfg, out / "config.toml")
+    rd = run_dir.prepare(cfg, primary=primary)
+    if jax.process_count() > 1:  # the primary may have moved an old run aside: nobody writes before that
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("raceformer:run_dir")
+    out = rd.path
     s = setup(cfg)
     local_bs = sharding.local_batch_size(tr.batch_size, s.mesh)
     data_iter = (data_fn or build_data)(
         cfg, batch_size=local_bs, shard_index=jax.process_index(), shard_count=jax.process_count()
     )
-    ckpt = Checkpointer(out / "ckpt", save_every=max(tr.checkpoint_every, 1), keep=tr.keep_checkpoints)
+    ckpt = Checkpointer(rd.ckpt, save_every=max(tr.checkpoint_every, 1), keep=tr.keep_checkpoints)
     state, start = s.state, 0
-    latest = ckpt.latest_step() if cfg.run.resume else None
+    latest = ckpt.latest_step() if rd.resumable else None
     if latest is not None:
         state, meta = ckpt.restore(latest, state, data_iter=data_iter)
         start = int(meta.get("step", latest))
@@ -328,10 +339,13 @@ def train(
     logger = MetricLogger(out, total_steps=tr.steps, enabled=primary, progress=progress, initial_step=start)
     if latest is not None:
         logger.write(f"resumed {out} at step {start}")
+    if rd.moved_aside is not None:
+        logger.write(f"started over: the previous run in {out} was moved to {rd.moved_aside}")
     flag = (stop_flag or StopFlag()).install()
     losses: dict[int, float] = {}
     step, stopped_by, saved_at = start, "completed", latest
     modalities = s.model.modalities
+    batch = None
     try:
         while step < end:
             if flag.should_stop(step):
@@ -383,6 +397,9 @@ def train(
         close = getattr(data_iter, "close", None)
         if close is not None:
             close()
+        # On CPU the batch's JAX arrays alias Grain's shared memory: drop them, then let Grain unlink it all.
+        batch = None
+        processes.release_shared_memory()
     return TrainResult(out, start, step, losses, stopped_by, encoder_dir, time.perf_counter() - t_start, state)
 
 
@@ -406,7 +423,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    flags.FLAGS.mark_as_parsed()  # Grain's spawned data workers read absl flags
     raise SystemExit(main())

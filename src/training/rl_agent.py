@@ -26,12 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from src import config
+from src import config, processes
 from src.config import RLConfig
 from src.contract import ContractError
 from src.envs import gym_wrapper, jax_racecar
 from src.envs.tracks import get_track
-from src.training import ppo
+from src.training import ppo, run_dir
 from src.training.agent import (
     FROZEN_PREFIXES,
     UNUSED_PREFIXES,
@@ -331,7 +331,7 @@ def setup(cfg: RLConfig, bundle: EnvBundle | None = None) -> Setup:
     agent = build_agent(cfg, bundle.obs_example, bundle.action_dim, rngs=nnx.Rngs(cfg.run.seed))
     frozen = UNUSED_PREFIXES if cfg.ppo.agent == "raceformer" else ()
     if cfg.finetune.pretrained_ckpt:
-        load_pretrained(agent, cfg.finetune.pretrained_ckpt)
+        load_pretrained(agent, cfg.finetune.pretrained_ckpt, cfg.model)
     if cfg.finetune.freeze_encoders:
         if cfg.ppo.agent != "raceformer":
             raise config.ConfigError("finetune.freeze_encoders = true needs ppo.agent = 'raceformer'")
@@ -339,10 +339,6 @@ def setup(cfg: RLConfig, bundle: EnvBundle | None = None) -> Setup:
     updates = iterations * cfg.ppo.update_epochs * cfg.ppo.num_minibatches
     learner, params = ppo.Learner.create(agent, cfg.ppo, updates, frozen, normalized_modalities(cfg))
     return Setup(cfg, bundle, learner, params, iterations)
-
-
-def run_dir(cfg: RLConfig) -> Path:
-    return Path(cfg.run.out_dir) / cfg.run.name
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -376,31 +372,23 @@ def train(
     `cfg.env` names (tests bring their own small JAX envs).
     """
     t0 = time.perf_counter()
+    processes.prepare_process()
     s = setup(cfg, bundle)
-    out = run_dir(cfg)
+    rd = run_dir.prepare(cfg, resume=resume)
+    out = rd.path
     engine = s.bundle.make_engine(s.learner)
     state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(cfg.run.seed))
     jax_engine = isinstance(engine, ppo.JaxEngine)
     carry: Any = engine.init(state, jax.random.PRNGKey(cfg.run.seed + 1)) if jax_engine else state
-    ckpt = Checkpointer(
-        out / "ckpt", save_every=max(cfg.ppo.checkpoint_every, 1), keep=cfg.ppo.keep_checkpoints
-    )
+    ckpt = Checkpointer(rd.ckpt, save_every=max(cfg.ppo.checkpoint_every, 1), keep=cfg.ppo.keep_checkpoints)
     start = 0
-    resume = cfg.run.resume if resume is None else resume
-    if not resume and ckpt.all_steps():
-        ckpt.close()
-        raise FileExistsError(
-            f"{ckpt.directory} already holds checkpoints {ckpt.all_steps()}; starting afresh would mix two runs: "
-            "choose another run.name or remove that directory"
-        )
-    latest = ckpt.latest_step() if resume else None
+    latest = ckpt.latest_step() if rd.resumable else None
     if cfg.ppo.agent == "raceformer":
         try:
             check_encoder_record(out, cfg.finetune.pretrained_ckpt or None, resuming=latest is not None)
         except ContractError:
             ckpt.close()
             raise
-    config.save(cfg, out / "config.toml")
     if latest is not None:
         carry, meta = ckpt.restore(latest, carry)
         carry = engine.shard(carry) if jax_engine else carry
@@ -408,9 +396,16 @@ def train(
     if not jax_engine:
         engine.reset(cfg.run.seed + start)
     end = s.iterations if stop_after is None else min(stop_after, s.iterations)
-    logger = MetricLogger(out, total_steps=s.iterations, progress=progress, initial_step=start)
+    # A log line aggregates its window of iterations: means, episode figures over every episode that ended in
+    # it, the number of those episodes, and the env-step counter at its end.
+    logger = MetricLogger(
+        out, total_steps=s.iterations, progress=progress, initial_step=start, sums=("episodes",),
+        latest=("env_steps",), weights={"episode/": "episodes"},
+    )
     if latest is not None:
         logger.write(f"resumed {out} at iteration {start}")
+    if rd.moved_aside is not None:
+        logger.write(f"started over: the previous run in {out} was moved to {rd.moved_aside}")
     history: list[dict[str, float]] = []
     try:
         for it in range(start, end):
@@ -422,8 +417,9 @@ def train(
                     s.bundle.evaluate(s.learner, state, cfg.eval.episodes), s.bundle.control_dt
                 )
                 metrics.update({f"eval/{k}": float(v) for k, v in figures.items()})
+            logger.update(metrics)
             if (it + 1) % cfg.ppo.log_every == 0 or it + 1 == end:
-                logger.log(it + 1, metrics)
+                logger.log(it + 1)
             history.append({"iteration": it + 1, **metrics})
             if cfg.ppo.checkpoint_every and (it + 1) % cfg.ppo.checkpoint_every == 0 or it + 1 == end:
                 ckpt.save(
@@ -519,7 +515,7 @@ def write_gif(path: Path, walls: np.ndarray, poses: np.ndarray, frame_every: int
 
 def restore_state(s: Setup, step: int | None = None) -> tuple[ppo.TrainState, int]:
     """The train state saved at `step` (default latest) in the run `s.cfg` names, and that step."""
-    out = run_dir(s.cfg)
+    out = run_dir.run_path(s.cfg)
     engine = s.bundle.make_engine(s.learner)
     state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(s.cfg.run.seed))
     template: Any = (
@@ -568,7 +564,7 @@ def load_policy(path: str | Path, step: int | None = None) -> tuple[Callable[[di
 def evaluate_checkpoint(cfg: RLConfig, step: int | None = None, gif: bool | None = None) -> dict[str, Any]:
     """Restore a run's checkpoint, drive `eval.episodes` deterministic episodes, report (and GIF) them."""
     s = setup(cfg)
-    out = run_dir(cfg)
+    out = run_dir.run_path(cfg)
     state, step = restore_state(s, step)
     rec = s.bundle.evaluate(s.learner, state, cfg.eval.episodes)
     figures = summarize_eval(rec, s.bundle.control_dt)
@@ -606,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         "--step", type=int, default=None, help="with --eval: the checkpoint step (default latest)"
     )
     parser.add_argument(
-        "--no-resume", action="store_true", help="start from scratch even if checkpoints exist"
+        "--no-resume", action="store_true", help="start over (= --set run.resume=false): an existing run is moved aside"
     )
     args = parser.parse_args(argv)
     cfg = config.load_from_args(RLConfig, args)

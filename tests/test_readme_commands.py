@@ -1,0 +1,69 @@
+"""Every command in README.md's ```bash blocks runs, at a tiny size, as a new user would type it.
+
+The commands are read from the README itself; `TINY` maps each one to the `--set` overrides that shrink it
+(steps, frames, episodes). A README command missing from `TINY` fails the test, so a new documented command
+comes with its tiny form. Commands run in README order (the `--eval` command reads the run trained before it).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests._commands import REPO, run_python, sets, tiny_pretrain
+
+
+def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
+    """The `python ...` commands of the README's bash blocks (continuations joined, `uv run` and comments
+    dropped), as the argument string after `python`."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:2] == ["uv", "run"]:
+                words = words[2:]
+            if words[:1] == ["python"]:
+                commands.append(" ".join(words[1:]))
+    return commands
+
+
+def tiny_rl(out: Path) -> list[str]:
+    return sets(f"run.out_dir={out}", "env.num_envs=2", "ppo.total_env_steps=16", "ppo.num_steps=8",
+                "ppo.num_minibatches=2", "ppo.update_epochs=1", "eval.every=1", "eval.episodes=2",
+                "eval.max_steps=12", "eval.gif_frame_every=4")
+
+
+def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
+    tiny = {
+        "-m src.training.pretrainer --config configs/pretrain_cmht.toml": tiny_pretrain(data_root, out),
+        "-m src.training.rl_agent --config configs/rl_racecar.toml": tiny_rl(out),
+        "-m src.training.rl_agent --config configs/rl_racecar.toml --eval": tiny_rl(out),
+        "-m src.training.two_stage --pretrain configs/pretrain_cmht.toml --finetune configs/rl_racecar.toml "
+        "--frozen --finetuned --scratch": [
+            *[a.replace("--set", "--pretrain-set") for a in tiny_pretrain(data_root, out)],
+            *[a.replace("--set", "--finetune-set") for a in tiny_rl(out)],
+        ],
+    }
+    if command not in tiny:
+        pytest.fail(f"README command `python {command}` has no tiny form in tests/test_readme_commands.py: add one")
+    return tiny[command]
+
+
+def test_every_readme_command_has_a_tiny_form(tmp_path):
+    commands = readme_commands()
+    assert "-m src.training.pretrainer --config configs/pretrain_cmht.toml" in commands
+    assert any(c.startswith("-m src.training.two_stage") for c in commands)
+    for command in commands:
+        assert tiny_args(command, tmp_path / "data", tmp_path / "runs")  # fails for a command without one
+
+
+@pytest.mark.slow  # four fresh processes, each compiling its model: several minutes on 2 cores
+def test_every_readme_command_runs(tiny_cmht_root, tmp_path):
+    for command in readme_commands():
+        done = run_python([*shlex.split(command), *tiny_args(command, tiny_cmht_root, tmp_path)])
+        assert done.returncode == 0, f"python {command}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        for problem in ("Traceback", "leaked shared_memory"):
+            assert problem not in done.stderr, f"python {command}\n{done.stderr[-4000:]}"
