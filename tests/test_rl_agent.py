@@ -249,6 +249,7 @@ def test_freeze_encoders_in_the_config_reaches_the_optimizer(tmp_path):
             RLConfig,
             {
                 "run": {"name": "freeze", "out_dir": str(tmp_path)},
+                "env": {"num_envs": 8},
                 "model": config.to_dict(TINY_MODEL),
                 "ppo": {
                     "agent": "raceformer",
