@@ -221,7 +221,7 @@ def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
             },
             "env": {"kind": "jax_racecar", "num_envs": 2, "lidar_rays": 64, "time_limit": 2.0},
             "ppo": {"total_env_steps": 16, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1},
-            "eval": {"every": 1, "episodes": 2, "max_steps": 12, "gif_frame_every": 2},
+            "eval": {"every": 1, "episodes": 2, "start_positions": 2, "max_steps": 12, "gif_frame_every": 2},
         },
     )
     result = rl_agent.train(cfg, progress=False)
@@ -232,7 +232,9 @@ def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
     figures = rl_agent.main(["--config", str(result.run_dir / "config.toml"), "--eval"])
     assert figures == 0
     report = json.loads((result.run_dir / "eval.json").read_text())
-    assert report["checkpoint"] == 1 and report["episodes"] == 2
+    assert report["checkpoint"] == 1 and report["episodes"] == 2 and report["start_positions"] == 2
+    assert [e["start"] for e in report["per_episode"]] == [0.0, 0.5]  # the start line, then half a lap on
+    assert report["return_min"] <= report["return"] <= report["return_max"]
     assert Image.open(report["gif"]).size == (320, 320)
 
 

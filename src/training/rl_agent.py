@@ -225,21 +225,14 @@ def jax_bundle(cfg: RLConfig) -> EnvBundle:
     def make_engine(learner: ppo.Learner) -> ppo.JaxEngine:
         return ppo.JaxEngine(learner, env, cfg.env.num_envs)
 
-    compiled: dict[tuple[int, int], Callable] = {}  # one compilation per learner and episode count
+    def reset_for(episodes: int) -> Callable[[jax.Array], tuple[Any, Any]]:
+        starts = jnp.asarray(eval_starts(cfg, episodes), jnp.float32)
+        return lambda keys: jax.vmap(lambda k, p: jax_racecar.reset_at(k, params, p))(keys, starts)
+
+    rollout = jitted_eval(cfg, env, reset_for)
 
     def evaluate(learner: ppo.Learner, state: ppo.TrainState, episodes: int) -> dict[str, np.ndarray]:
-        key = (id(learner), episodes)
-        if key not in compiled:
-            starts = jnp.asarray(eval_starts(cfg, episodes), jnp.float32)
-
-            def reset(keys: jax.Array) -> tuple[Any, Any]:
-                return jax.vmap(lambda k, p: jax_racecar.reset_at(k, params, p))(keys, starts)
-
-            compiled[key] = jax.jit(
-                lambda s, k: jax_eval_rollout(learner, env, s, k, episodes, cfg.eval.max_steps, reset)
-            )
-        rec = jax.tree.map(np.asarray, compiled[key](state, jax.random.PRNGKey(cfg.run.seed + 10_000)))
-        return {**rec, "start": eval_starts(cfg, episodes)}
+        return {**rollout(learner, state, episodes), "start": eval_starts(cfg, episodes)}
 
     return EnvBundle(2, example, make_engine, evaluate, float(params.control_dt), track)
 
@@ -252,17 +245,28 @@ def gymnax_bundle(cfg: RLConfig) -> EnvBundle:
     def make_engine(learner: ppo.Learner) -> ppo.JaxEngine:
         return ppo.JaxEngine(learner, env, cfg.env.num_envs)
 
+    return EnvBundle(
+        genv.action_dim, jnp.zeros(genv.obs_shape, jnp.float32), make_engine, jitted_eval(cfg, env)
+    )
+
+
+def jitted_eval(
+    cfg: RLConfig, env: ppo.JaxEnv, reset_for: Callable[[int], Callable] | None = None
+) -> Callable[[ppo.Learner, ppo.TrainState, int], dict[str, np.ndarray]]:
+    """`evaluate(learner, state, episodes)`: `jax_eval_rollout` compiled once per learner and episode count;
+    `reset_for(episodes)` gives the rollout's batched reset (default `env.reset` per episode)."""
     compiled: dict[tuple[int, int], Callable] = {}
 
     def evaluate(learner: ppo.Learner, state: ppo.TrainState, episodes: int) -> dict[str, np.ndarray]:
         key = (id(learner), episodes)
         if key not in compiled:
+            reset = reset_for(episodes) if reset_for is not None else None
             compiled[key] = jax.jit(
-                lambda s, k: jax_eval_rollout(learner, env, s, k, episodes, cfg.eval.max_steps)
+                lambda s, k: jax_eval_rollout(learner, env, s, k, episodes, cfg.eval.max_steps, reset)
             )
         return jax.tree.map(np.asarray, compiled[key](state, jax.random.PRNGKey(cfg.run.seed + 10_000)))
 
-    return EnvBundle(genv.action_dim, jnp.zeros(genv.obs_shape, jnp.float32), make_engine, evaluate)
+    return evaluate
 
 
 def jax_eval_rollout(
