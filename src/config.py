@@ -204,10 +204,11 @@ class PretrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
-    """Which simulator PPO trains in. jax_racecar runs the jitted engine; bullet and gymnasium the host loop."""
+    """Which simulator PPO trains in. jax_racecar and gymnax run the jitted engine; bullet and gymnasium the
+    host loop."""
 
-    kind: Literal["jax_racecar", "bullet", "gymnasium"] = "jax_racecar"
-    id: str = "Pendulum-v1"  # gymnasium id (kind = "gymnasium")
+    kind: Literal["jax_racecar", "bullet", "gymnasium", "gymnax"] = "jax_racecar"
+    id: str = "Pendulum-v1"  # gymnasium or gymnax id (kind = "gymnasium" / "gymnax")
     track: str = ""  # track name for the racing envs ("" = the env's default track)
     num_envs: int = 16
     max_episode_steps: int = 0  # 0 = the env's own time limit
@@ -271,8 +272,11 @@ class EvalConfig:
 
     every: int = 10  # iterations (0 = off)
     episodes: int = 10
+    # jax_racecar: episode e starts at lap fraction (e % K) / K on the centreline, K = start_positions, and
+    # drives its laps from there; figures are reported as mean and spread over starts. 1 = the start line only.
+    start_positions: int = 1
     max_steps: int = 2000  # per episode
-    gif: bool = True  # --eval writes a top-down GIF of the first episode
+    gif: bool = True  # --eval writes a top-down GIF of the first episode (the one from the start line)
     gif_frame_every: int = 4  # env steps per GIF frame
 
 

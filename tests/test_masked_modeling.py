@@ -222,3 +222,66 @@ def test_dirichlet_loss_runs_with_fixed_visible_count(model):
     # Budget 12 of 24 patches: samples 0 and 1 have room for all 12 (24 and 20 present patches), sample 2
     # (radar absent) only 4 + 4 = 8.
     np.testing.assert_allclose(float(aux["visible_tokens"]), (12 + 12 + 8) / 3, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- no leak of masked content
+
+
+@nnx.jit
+def _encode_and_predict(model, batch, valid, keep_idx, keep_mask):
+    enc = model.encode(batch, valid, keep_idx=keep_idx, keep_mask=keep_mask)
+    preds = model.pretrain_head(
+        enc["cls"],
+        model.split_tokens(enc["tokens"], keep_idx),
+        model.split_tokens(enc["mask"], keep_idx),
+        valid,
+        keep_idx,
+    )
+    return enc, preds
+
+
+@pytest.mark.parametrize("dirichlet_alpha", [0.0, 1.0], ids=["fixed", "dirichlet"])
+def test_masked_content_cannot_leak(model, dirichlet_alpha):
+    """With fixed keep indices (and, in Dirichlet mode, some slots switched off), replacing the content of
+    every patch that is not visible leaves the encoder's outputs and every prediction bitwise unchanged, for
+    each patch modality; replacing a visible patch does change them."""
+    from src.models.encoders import unpatchify
+    from src.training.objectives import visible_positions
+
+    batch = make_batch(4)
+    valid = {m: np.ones(3, bool) for m in SMALL.modalities}
+    n = {m: model.num_patches(m) for m in PATCH_MODS}
+    for seed in range(20):  # the first draw that hides part of every modality (and switches a slot off)
+        keep_idx, keep_mask = sample_patch_masks(
+            jax.random.key(seed),
+            n,
+            {m: valid[m] for m in PATCH_MODS},
+            mask_ratio=0.5,
+            dirichlet_alpha=dirichlet_alpha,
+        )
+        hides = all(int(keep_mask[m].sum(1).min()) < n[m] for m in PATCH_MODS)
+        if hides and (not dirichlet_alpha or not all(bool(keep_mask[m].all()) for m in PATCH_MODS)):
+            break
+    else:
+        raise AssertionError("no mask draw hides part of every modality")
+    base = _encode_and_predict(model, batch, valid, keep_idx, keep_mask)
+    rng = np.random.default_rng(0)
+    for m in PATCH_MODS:
+        visible = np.asarray(visible_positions(keep_idx[m], keep_mask[m], n[m]))[..., None]
+        assert (~visible).any() and visible.any()
+        ps, shape = model.patch_size(m), batch[m].shape[1:]
+        patches = np.asarray(patchify(jnp.asarray(batch[m]), ps))
+        noise = (100.0 * rng.normal(size=patches.shape)).astype(np.float32)
+
+        def with_patches(p, m=m, ps=ps, shape=shape):
+            return dict(batch, **{m: np.asarray(unpatchify(jnp.asarray(p), ps, shape))})
+
+        hidden = _encode_and_predict(
+            model, with_patches(np.where(visible, patches, noise)), valid, keep_idx, keep_mask
+        )
+        for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(hidden), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"masked {m} content reached the outputs")
+        shown = _encode_and_predict(
+            model, with_patches(np.where(visible, noise, patches)), valid, keep_idx, keep_mask
+        )
+        assert not np.array_equal(base[0]["cls"], shown[0]["cls"]), f"visible {m} content is ignored"

@@ -306,3 +306,37 @@ def test_train_step_moves_every_parameter():
     ]
     assert not unchanged, f"parameters not updated: {unchanged}"
     assert len(flat_before) > 50
+
+
+# ---------------------------------------------------------------------------------------- absent modality weights
+
+
+def _absent_weights_do_not_reach(mdl: Raceformer, perturb_type_embedding: bool):
+    """rgb absent in sample 1: moving rgb's encoder weights (and, in "mask" mode, its modality-type embedding)
+    must leave that sample's CLS and every token bitwise unchanged, while sample 0 (rgb present) moves."""
+    batch, valid = make_batch(2), all_valid()
+    valid["rgb"] = np.array([True, False, True])
+    base = encode(mdl, batch, valid)
+    graphdef, state = nnx.split(mdl)
+    other = nnx.merge(graphdef, jax.tree.map(jnp.array, state))
+    rng = np.random.default_rng(3)  # random, not constant, shifts: a LayerNorm would remove a constant one
+    proj = other.encoders["rgb"].embed.proj
+    proj.kernel[...] = proj.kernel[...] + rng.normal(size=proj.kernel.shape).astype(np.float32)
+    proj.bias[...] = proj.bias[...] + rng.normal(size=proj.bias.shape).astype(np.float32)
+    if perturb_type_embedding:
+        i = mdl.modalities.index("rgb")
+        shift = rng.normal(size=other.fusion.type_embed.shape[1:]).astype(np.float32)
+        other.fusion.type_embed[...] = other.fusion.type_embed[...].at[i].add(shift)
+    moved = encode(other, batch, valid)
+    for key in ("cls", "tokens"):
+        np.testing.assert_array_equal(np.asarray(moved[key])[1], np.asarray(base[key])[1], err_msg=key)
+    assert np.abs(np.asarray(moved["cls"])[0] - np.asarray(base["cls"])[0]).max() > 1e-3
+
+
+def test_mask_mode_attention_ignores_an_absent_modality_entirely(model):
+    _absent_weights_do_not_reach(model, perturb_type_embedding=True)
+
+
+def test_learned_token_mode_ignores_an_absent_modality_encoder():
+    mdl = Raceformer(dataclasses.replace(SMALL, missing_modality="learned_token"), rngs=nnx.Rngs(1))
+    _absent_weights_do_not_reach(mdl, perturb_type_embedding=False)

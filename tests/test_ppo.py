@@ -159,3 +159,118 @@ def test_pendulum_reaches_minus_200(tmp_path):
     score = rl_agent.evaluate_gymnasium(cfg, result.learner, result.state, episodes=10)
     print(f"Pendulum-v1: mean return {score['return']:.1f} over 10 episodes, {wall:.0f} s wall-clock")
     assert score["return"] >= -200.0
+
+
+def test_learner_bootstraps_an_ended_episode_from_its_own_final_value():
+    """The numbers of `test_gae_hand_computed`, through `Learner.advantages` on a [T, N] trajectory: column 0
+    terminates at t=1, column 1 is truncated there with V(final obs) = 4, while the next episode's first value
+    (row 2) is 1.5. Bootstrapping from 1.5 instead of 4 would give A1 = 1.75 instead of 3 in column 1."""
+    cfg = PPOConfig(gamma=0.5, gae_lambda=0.5, bootstrap_truncation=True, agent="mlp", mlp_hidden=(4,))
+    learner, _ = ppo.Learner.create(MLPAgent(1, 1, (4,), 0.0, rngs=nnx.Rngs(0)), cfg, 1)
+    zeros = jnp.zeros((4, 2))
+    traj = ppo.Transition(
+        obs=jnp.zeros((4, 2, 1)),
+        u=jnp.zeros((4, 2, 1)),
+        logp=zeros,
+        value=jnp.array([[0.5, 0.5], [1.0, 1.0], [1.5, 1.5], [2.0, 2.0]]),
+        reward=jnp.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]]),
+        terminal=zeros.at[1, 0].set(1.0),
+        done=zeros.at[1, :].set(1.0).astype(bool),
+        final_value=zeros.at[1, 1].set(4.0),
+    )
+    adv, ret = jax.jit(learner.advantages)(traj, jnp.array([3.0, 3.0]))
+    expected = np.array([[1.25, 1.75], [1.0, 3.0], [3.375, 3.375], [3.5, 3.5]])
+    np.testing.assert_allclose(adv, expected, rtol=1e-6)
+    np.testing.assert_allclose(ret, expected + np.asarray(traj.value), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- squashing
+
+
+@pytest.mark.parametrize("dist", ["clip", "tanh"])
+def test_a_saturated_mean_commands_the_full_action(dist):
+    """One squashing per distribution: a policy whose mean saturates reaches |a| > 0.99 of full scale under
+    both (a tanh head under the tanh distribution could not pass tanh(tanh(z)) <= 0.76)."""
+    from src.config import ModalityConfig, ModelConfig
+    from src.training.agent import RaceformerAgent
+
+    model = ModelConfig(
+        embed_dim=8,
+        depth=1,
+        num_heads=2,
+        patch_size=4,
+        fusion_depth=1,
+        decoder_dim=8,
+        decoder_heads=2,
+        projection_dim=8,
+        modalities={"lidar": ModalityConfig(shape=(8, 1)), "gps": ModalityConfig(shape=(4,))},
+    )
+    agent = RaceformerAgent(model, rngs=nnx.Rngs(0))
+    agent.model.policy_head.mean.bias[...] = jnp.array([8.0, -8.0])
+    cfg = PPOConfig(action_dist=dist, action_scale=2.0, agent="raceformer")
+    learner, params = ppo.Learner.create(agent, cfg, 1)
+    rng = np.random.default_rng(0)
+    obs = {
+        "lidar": rng.uniform(0, 1, (4, 8, 1)).astype(np.float32),
+        "gps": rng.normal(size=(4, 4)).astype(np.float32),
+        "valid": {"lidar": np.ones(4, bool), "gps": np.ones(4, bool)},
+    }
+    state = learner.init_state(params, jax.tree.map(lambda x: x[0], obs), jax.random.key(0))
+    action = np.asarray(learner.act_deterministic(state, obs)) / cfg.action_scale
+    assert (action[:, 0] > 0.99).all() and (action[:, 1] < -0.99).all(), action
+
+
+# --------------------------------------------------------------------------------------------- gymnax
+
+
+def _gymnax_cfg(tmp_path, **ppo_overrides) -> config.RLConfig:
+    overrides = [f"run.out_dir='{tmp_path}'"] + [f"ppo.{k}={v}" for k, v in ppo_overrides.items()]
+    return config.load(config.RLConfig, CONFIGS / "ppo_pendulum_gymnax.toml", overrides)
+
+
+def test_gymnax_adapter_reports_time_limits_as_truncations():
+    from src.envs import gymnax_adapter
+
+    env = gymnax_adapter.make("Pendulum-v1", max_episode_steps=3)
+    assert (env.obs_shape, env.action_dim, env.action_low, env.action_high) == ((3,), 1, -2.0, 2.0)
+    obs, state = env.reset(jax.random.key(0))
+    avals = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype, x.weak_type), tree)  # noqa: E731
+    first = avals(state)
+    ends = []
+    for t in range(3):
+        obs, state, reward, terminated, truncated, _ = env.step(jax.random.key(t), state, jnp.array([1.0]))
+        ends.append((bool(terminated), bool(truncated)))
+        assert obs.shape == (3,) and float(reward) <= 0.0
+    assert ends == [(False, False), (False, False), (False, True)]
+    assert avals(state) == first  # the engine's carry keeps its types: it compiles once, not twice
+    with pytest.raises(ValueError, match="not continuous"):
+        gymnax_adapter.make("CartPole-v1")
+
+
+def test_jax_engine_on_gymnax_pendulum_raises_the_return(tmp_path):
+    """24 iterations of the jitted engine on gymnax's Pendulum-v1 (episodes of 200 steps end together every
+    third iteration): the episodic return rises from about -1330 to about -1000."""
+    from src.training import rl_agent
+
+    cfg = _gymnax_cfg(tmp_path, total_env_steps=16 * 64 * 24, checkpoint_every=0)
+    cfg = config.replace(cfg, eval={"every": 0})
+    result = rl_agent.train(cfg, progress=False)
+    returns = [h["episode/return"] for h in result.history if "episode/return" in h]
+    assert len(result.history) == 24 and len(returns) == 7
+    first, last = np.mean(returns[:2]), np.mean(returns[-2:])
+    assert last > first + 200.0, returns
+
+
+@pytest.mark.slow
+def test_gymnax_pendulum_reaches_minus_200_on_the_jax_engine(tmp_path):
+    """Issue target: mean return >= -200 over 10 deterministic episodes within 1M env steps, jitted engine."""
+    from src.training import rl_agent
+
+    cfg = _gymnax_cfg(tmp_path)
+    t0 = time.perf_counter()
+    result = rl_agent.train(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    score = rl_agent.evaluate_gymnasium(cfg, result.learner, result.state, episodes=10)
+    print(f"gymnax Pendulum-v1: mean return {score['return']:.1f} over 10 episodes, {wall:.0f} s wall-clock")
+    assert int(result.state.env_steps) <= 1_000_000
+    assert score["return"] >= -200.0

@@ -221,7 +221,7 @@ def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
             },
             "env": {"kind": "jax_racecar", "num_envs": 2, "lidar_rays": 64, "time_limit": 2.0},
             "ppo": {"total_env_steps": 16, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1},
-            "eval": {"every": 1, "episodes": 2, "max_steps": 12, "gif_frame_every": 2},
+            "eval": {"every": 1, "episodes": 2, "start_positions": 2, "max_steps": 12, "gif_frame_every": 2},
         },
     )
     result = rl_agent.train(cfg, progress=False)
@@ -232,5 +232,113 @@ def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
     figures = rl_agent.main(["--config", str(result.run_dir / "config.toml"), "--eval"])
     assert figures == 0
     report = json.loads((result.run_dir / "eval.json").read_text())
-    assert report["checkpoint"] == 1 and report["episodes"] == 2
+    assert report["checkpoint"] == 1 and report["episodes"] == 2 and report["start_positions"] == 2
+    assert [e["start"] for e in report["per_episode"]] == [0.0, 0.5]  # the start line, then half a lap on
+    assert report["return_min"] <= report["return"] <= report["return_max"]
     assert Image.open(report["gif"]).size == (320, 320)
+
+
+# --------------------------------------------------------------------------------------------- freezing via the config
+
+
+def test_freeze_encoders_in_the_config_reaches_the_optimizer(tmp_path):
+    """`finetune.freeze_encoders = true` through `setup(cfg)`: encoder and fusion parameters stay bitwise
+    unchanged by updates that move the heads; with it false the same updates move the encoders."""
+    example = jax.tree.map(lambda x: x[0], _random_batch(1).obs)
+
+    def moved(freeze: bool) -> tuple[bool, bool]:
+        cfg = config.from_dict(
+            RLConfig,
+            {
+                "run": {"name": "freeze", "out_dir": str(tmp_path)},
+                "env": {"num_envs": 8},
+                "model": config.to_dict(TINY_MODEL),
+                "ppo": {
+                    "agent": "raceformer",
+                    "total_env_steps": 64,
+                    "num_steps": 8,
+                    "num_minibatches": 2,
+                    "update_epochs": 2,
+                    "learning_rate": 1e-2,
+                },
+                "finetune": {"freeze_encoders": freeze},
+            },
+        )
+        bundle = rl_agent.EnvBundle(2, example, make_engine=None, evaluate=None)
+        s = rl_agent.setup(cfg, bundle)
+        state = s.learner.init_state(s.params, example, jax.random.PRNGKey(0))
+        before = _leaves_by_path(state.params)
+        for i in range(2):
+            state, _ = jax.jit(s.learner.update)(state, _random_batch(16, key=i))
+        after = _leaves_by_path(state.params)
+        changed = {p for p in before if not np.array_equal(before[p], after[p])}
+        frozen = {p for p in before if any(p[: len(f)] == f for f in FROZEN_PREFIXES)}
+        assert {("model", "encoders"), ("model", "fusion")} <= {p[:2] for p in frozen}
+        heads = any("policy_head" in p or "value_head" in p for p in changed)
+        return bool(changed & frozen), heads
+
+    assert moved(freeze=True) == (False, True)
+    assert moved(freeze=False) == (True, True)
+
+
+# --------------------------------------------------------------------------------------------- evaluation starts
+
+
+def test_eval_starts_are_spread_evenly_and_validated():
+    cfg = _point_cfg_eval(start_positions=4, episodes=8)
+    np.testing.assert_allclose(rl_agent.eval_starts(cfg, 8), [0, 0.25, 0.5, 0.75] * 2)
+    with pytest.raises(config.ConfigError, match="start_positions"):
+        rl_agent.eval_starts(cfg, 3)
+    with pytest.raises(config.ConfigError, match="start_positions"):
+        rl_agent.make_bundle(config.replace(cfg, env={"kind": "gymnasium"}))
+
+
+def _point_cfg_eval(**eval_settings) -> RLConfig:
+    return config.from_dict(RLConfig, {"eval": eval_settings})
+
+
+def test_reset_at_gives_distinct_poses_at_evenly_spaced_progress():
+    from src.envs import jax_racecar as jr
+
+    params = jr.make_params("default", lidar_rays=8)
+    k = 8
+    starts = jnp.arange(k) / k
+    _, states = jax.jit(jax.vmap(lambda key, p: jr.reset_at(key, params, p)))(
+        jax.random.split(jax.random.PRNGKey(0), k), starts
+    )
+    progress = np.asarray(states.lap_progress, np.float64)
+    gap = np.abs((progress - np.asarray(starts) + 0.5) % 1.0 - 0.5)  # circular distance to k / K
+    assert gap.max() < 0.01, progress
+    np.testing.assert_array_equal(np.asarray(states.total_progress), 0.0)  # laps count from each start
+    xy = np.stack([states.x, states.y], 1)
+    spacing = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(k) * 1e9
+    assert spacing.min() > 0.1 * params.track_length / k  # K distinct poses around the track
+    _, grid = jr.reset(jax.random.PRNGKey(0), params)  # the first start is the start line
+    np.testing.assert_allclose(
+        [states.x[0], states.y[0], states.yaw[0]], [grid.x, grid.y, grid.yaw], atol=1e-6
+    )
+
+
+def test_summarize_eval_reports_the_spread_over_starts():
+    """Four racing episodes from two starts (0 and 0.5), dt 1 s. Episode 0 finishes a clean lap in 1 s;
+    episode 1 finishes in 1 s after a collision; episode 2 ends unfinished; episode 3 finishes in 2 s after
+    a collision. Returns 1, 2, 3, 6 (rows after an episode's end do not count)."""
+    rec = {
+        "reward": np.array([[1.0, 2.0, 3.0, 2.0], [9.0, 9.0, 9.0, 4.0]]),
+        "done": np.array([[1, 1, 1, 0], [1, 1, 1, 1]], bool),
+        "lap": np.array([[2, 2, 1, 1], [1, 1, 1, 2]], float),
+        "total_progress": np.array([[1.0, 1.0, 0.5, 0.6], [0.0, 0.0, 0.0, 1.0]]),
+        "wall_collision": np.array([[0, 1, 0, 1], [1, 1, 1, 0]], bool),
+        "start": np.array([0.0, 0.5, 0.0, 0.5]),
+    }
+    out = rl_agent.summarize_eval(rec, control_dt=1.0)
+    assert out["start_positions"] == 2 and out["episodes"] == 4
+    assert (out["return"], out["return_min"], out["return_max"]) == (3.0, 1.0, 6.0)
+    assert out["return_std"] == pytest.approx(np.std([1.0, 2.0, 3.0, 6.0]))
+    # clean laps per start: start 0 -> episodes 0 (clean) and 2 (unfinished): 0.5; start 0.5 -> 1 and 3 hit: 0
+    clean = [out[f"lap_completed_clean{s}"] for s in ("", "_std", "_min", "_max")]
+    assert clean == [0.25, 0.25, 0.0, 0.5]
+    assert out["lap_time"] == pytest.approx(4.0 / 3.0)
+    assert out["lap_time_std"] == pytest.approx(np.std([1.0, 1.0, 2.0]))
+    assert (out["lap_time_min"], out["lap_time_max"]) == (1.0, 2.0)
+    assert (out["collision_rate"], out["laps"]) == (0.5, 0.75)

@@ -125,7 +125,11 @@ class ProjectionHead(nnx.Module):
 
 
 class PolicyHead(nnx.Module):
-    """Gaussian policy: tanh mean [B, action_dim] and a state-independent learned log std [action_dim]."""
+    """Gaussian policy over pre-squash actions: mean [B, action_dim] and a state-independent log std [action_dim].
+
+    The mean is the raw Dense output, unbounded: squashing it into the action range is the action
+    distribution's job (`ppo.squash`: clip or tanh), so there is exactly one squashing whichever is chosen.
+    """
 
     def __init__(
         self, in_dim: int, action_dim: int, init_log_std: float, *, rngs: nnx.Rngs, dtype: Any = jnp.float32
@@ -138,7 +142,7 @@ class PolicyHead(nnx.Module):
         self.log_std = nnx.Param(jnp.full((action_dim,), init_log_std, jnp.float32))
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return jnp.tanh(self.mean(x.astype(self.dtype)).astype(jnp.float32)), self.log_std[...]
+        return self.mean(x.astype(self.dtype)).astype(jnp.float32), self.log_std[...]
 
 
 class ValueHead(nnx.Module):

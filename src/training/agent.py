@@ -1,5 +1,8 @@
 """Actor-critic modules for PPO: obs batch -> (mean [B, A], log_std [A], value [B]).
 
+Both agents return the Gaussian's mean over pre-squash actions `u`, unbounded; `ppo.squash` (the configured
+`action_dist`) is the one place that bounds it.
+
 `MLPAgent` is the reference agent for vector observations (gymnasium classics such as Pendulum-v1): separate
 policy and value torsos (orthogonal init, small last policy layer), as PPO implementations commonly use.
 `RaceformerAgent` wraps the Raceformer: encoders + fusion give one feature vector, its policy and value heads
@@ -62,7 +65,7 @@ UNUSED_PREFIXES: tuple[tuple[str, ...], ...] = (("model", "pretrain_head"), ("mo
 
 
 class RaceformerAgent(nnx.Module):
-    """The Raceformer as an actor-critic: fused features -> PolicyHead (tanh mean, log std) and ValueHead.
+    """The Raceformer as an actor-critic: fused features -> PolicyHead (pre-squash mean, log std) and ValueHead.
 
     Takes a Contract-1 observation batch: one array per configured modality plus `valid` (absent modalities,
     radar and IR in simulation, carry valid = False and are masked out by the fusion).

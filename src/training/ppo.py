@@ -14,7 +14,8 @@ pytree, and `TrainState` / `Runner` are pytrees of arrays, so one `Learner.updat
 * `HostEngine`: a Python loop over a `gymnasium.vector` env (PyBullet, racecar_gym, Pendulum) calling the
   jitted `Learner.policy_step`, then the same jitted GAE + update.
 
-Actions. The policy is a diagonal Gaussian over `u`; what the env receives is `squash(u)`:
+Actions. The policy is a diagonal Gaussian over `u` whose mean the agent returns unbounded (no tanh in the
+head); what the env receives is `squash(u)`, the one squashing, and the evaluation action is `squash(mean)`:
 * `action_dist = "clip"`: `scale * clip(u, -1, 1)`. The clip belongs to the env, not the policy, so the
   log-probability is the Gaussian one (CleanRL's choice; no correction is needed or applied).
 * `action_dist = "tanh"`: `scale * tanh(u)`, a bounded distribution with density
@@ -403,16 +404,20 @@ class Learner:
         state = state._replace(params=params, opt_state=opt_state, key=key, iteration=state.iteration + 1)
         return state, jax.tree.map(jnp.mean, metrics)
 
+    def advantages(self, traj: Transition, last_value: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(advantages, returns) [T, N] of a trajectory: V(s_{t+1}) is the next row's value inside an episode,
+        the ended episode's own final value where it ended at t (0 for a true end, V(final obs) for a
+        truncation), and `last_value` after the last row."""
+        cfg = self.cfg
+        following = jnp.concatenate([traj.value[1:], last_value[None]], 0)
+        next_values = jnp.where(traj.done, traj.final_value, following)
+        return gae(traj.reward, traj.value, next_values, traj.terminal, traj.done, cfg.gamma, cfg.gae_lambda)
+
     def learn(
         self, state: TrainState, traj: Transition, last_value: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         """GAE over a [T, N] trajectory, then `update` on the flattened batch."""
-        cfg = self.cfg
-        following = jnp.concatenate([traj.value[1:], last_value[None]], 0)
-        next_values = jnp.where(traj.done, traj.final_value, following)
-        adv, ret = gae(
-            traj.reward, traj.value, next_values, traj.terminal, traj.done, cfg.gamma, cfg.gae_lambda
-        )
+        adv, ret = self.advantages(traj, last_value)
         flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         batch = Batch(
             jax.tree.map(flat, traj.obs),

@@ -5,8 +5,9 @@ engine carry, so a resumed JAX-engine run continues exactly; host-engine runs re
 `metrics.jsonl` + TensorBoard events (episodic return, lap progress, laps, collision rate, env steps/s, losses,
 approximate KL, clip fraction, entropy), periodic deterministic evaluations, `learning_curve.png` and, for the
 Raceformer agent, `encoder.json` (the imported encoder's path and sha256: resuming on another encoder is an error).
-`--eval` restores the latest checkpoint, drives `eval.episodes` deterministic episodes, prints lap time and
-collisions, and writes `eval.gif` (top-down: track walls, the car's trail and pose).
+`--eval` restores the latest checkpoint, drives `eval.episodes` deterministic episodes (from
+`eval.start_positions` starts spread around the track), prints the mean and spread of return, lap time and
+clean laps, and writes `eval.gif` of the lap from the start line (top-down: walls, the car's trail and pose).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from flax import nnx
 from src import config, processes
 from src.config import RLConfig
 from src.contract import ContractError
-from src.envs import gym_wrapper, jax_racecar
+from src.envs import gym_wrapper, gymnax_adapter, jax_racecar
 from src.envs.tracks import get_track
 from src.training import ppo, run_dir
 from src.training.agent import (
@@ -195,11 +196,10 @@ def contract_obs_fn(cfg: RLConfig, params: Any) -> Callable[[dict], dict]:
     return obs_fn
 
 
-def racing_env(cfg: RLConfig, reset_mode: str | None = None) -> tuple[ppo.JaxEnv, Any]:
+def racing_env(cfg: RLConfig) -> tuple[ppo.JaxEnv, Any]:
     """The pure-JAX racing env as the engine sees it: functional reset/step bound to its params, observations
     mapped to Contract 1 inside jit."""
-    settings = {**env_settings(cfg), "reset_mode": reset_mode or cfg.env.reset_mode}
-    params = jax_racecar.make_params(cfg.env.track or "default", **settings)
+    params = jax_racecar.make_params(cfg.env.track or "default", **env_settings(cfg))
     obs_fn = contract_obs_fn(cfg, params)
     env = ppo.JaxEnv(
         reset=lambda key: jax_racecar.reset(key, params),
@@ -210,27 +210,71 @@ def racing_env(cfg: RLConfig, reset_mode: str | None = None) -> tuple[ppo.JaxEnv
     return env, params
 
 
+def eval_starts(cfg: RLConfig, episodes: int) -> np.ndarray:
+    """Lap fraction at which each evaluation episode starts: episode e at (e % K) / K, K = eval.start_positions,
+    so episode 0 starts on the start line and K starts are spread evenly around the track."""
+    k = cfg.eval.start_positions
+    if k < 1 or episodes < k:
+        raise config.ConfigError(
+            f"eval.start_positions={k} must be at least 1 and at most eval.episodes={episodes} "
+            "(every start position is driven at least once)"
+        )
+    return (np.arange(episodes) % k) / k
+
+
 def jax_bundle(cfg: RLConfig) -> EnvBundle:
-    """The pure-JAX racing env: jitted engine and a jitted, vmapped evaluation rollout from the start line."""
+    """The pure-JAX racing env: jitted engine and a jitted, vmapped evaluation rollout whose episodes start
+    from `eval.start_positions` poses spread evenly around the track (`eval_starts`)."""
     env, params = racing_env(cfg)
-    eval_env, _ = racing_env(cfg, reset_mode="grid")
     example = jax.jit(lambda k: env.obs_fn(env.reset(k)[0]))(jax.random.PRNGKey(0))
     track = get_track(cfg.env.track or "default")
+    eval_starts(cfg, cfg.eval.episodes)  # a bad eval.start_positions is an error before training starts
 
     def make_engine(learner: ppo.Learner) -> ppo.JaxEngine:
         return ppo.JaxEngine(learner, env, cfg.env.num_envs)
 
-    compiled: dict[tuple[int, int], Callable] = {}  # one compilation per learner and episode count
+    def reset_for(episodes: int) -> Callable[[jax.Array], tuple[Any, Any]]:
+        starts = jnp.asarray(eval_starts(cfg, episodes), jnp.float32)
+        return lambda keys: jax.vmap(lambda k, p: jax_racecar.reset_at(k, params, p))(keys, starts)
+
+    rollout = jitted_eval(cfg, env, reset_for)
+
+    def evaluate(learner: ppo.Learner, state: ppo.TrainState, episodes: int) -> dict[str, np.ndarray]:
+        return {**rollout(learner, state, episodes), "start": eval_starts(cfg, episodes)}
+
+    return EnvBundle(2, example, make_engine, evaluate, float(params.control_dt), track)
+
+
+def gymnax_bundle(cfg: RLConfig) -> EnvBundle:
+    """A gymnax env (e.g. Pendulum-v1, array observations, MLP agent) on the jitted engine."""
+    genv = gymnax_adapter.make(cfg.env.id, cfg.env.max_episode_steps)
+    env = ppo.JaxEnv(reset=genv.reset, step=genv.step)
+
+    def make_engine(learner: ppo.Learner) -> ppo.JaxEngine:
+        return ppo.JaxEngine(learner, env, cfg.env.num_envs)
+
+    return EnvBundle(
+        genv.action_dim, jnp.zeros(genv.obs_shape, jnp.float32), make_engine, jitted_eval(cfg, env)
+    )
+
+
+def jitted_eval(
+    cfg: RLConfig, env: ppo.JaxEnv, reset_for: Callable[[int], Callable] | None = None
+) -> Callable[[ppo.Learner, ppo.TrainState, int], dict[str, np.ndarray]]:
+    """`evaluate(learner, state, episodes)`: `jax_eval_rollout` compiled once per learner and episode count;
+    `reset_for(episodes)` gives the rollout's batched reset (default `env.reset` per episode)."""
+    compiled: dict[tuple[int, int], Callable] = {}
 
     def evaluate(learner: ppo.Learner, state: ppo.TrainState, episodes: int) -> dict[str, np.ndarray]:
         key = (id(learner), episodes)
         if key not in compiled:
+            reset = reset_for(episodes) if reset_for is not None else None
             compiled[key] = jax.jit(
-                lambda s, k: jax_eval_rollout(learner, eval_env, s, k, episodes, cfg.eval.max_steps)
+                lambda s, k: jax_eval_rollout(learner, env, s, k, episodes, cfg.eval.max_steps, reset)
             )
         return jax.tree.map(np.asarray, compiled[key](state, jax.random.PRNGKey(cfg.run.seed + 10_000)))
 
-    return EnvBundle(2, example, make_engine, evaluate, float(params.control_dt), track)
+    return evaluate
 
 
 def jax_eval_rollout(
@@ -240,10 +284,12 @@ def jax_eval_rollout(
     key: jax.Array,
     episodes: int,
     max_steps: int,
+    reset: Callable[[jax.Array], tuple[Any, Any]] | None = None,
 ) -> dict[str, jax.Array]:
-    """Deterministic episodes without auto-reset, recorded [T, E] (steps after an episode's end are ignored)."""
+    """Deterministic episodes without auto-reset, recorded [T, E] (steps after an episode's end are ignored).
+    `reset` maps the [E] episode keys to the initial (obs, state) batch (default: `env.reset` per episode)."""
     keys = jax.random.split(key, episodes + 1)
-    obs, env_state = jax.vmap(env.reset)(keys[1:])
+    obs, env_state = (reset or jax.vmap(env.reset))(keys[1:])
 
     def step(carry: tuple, k: jax.Array) -> tuple[tuple, dict]:
         obs, env_state = carry
@@ -261,38 +307,77 @@ def jax_eval_rollout(
     return rec
 
 
-def summarize_eval(rec: dict[str, np.ndarray], control_dt: float) -> dict[str, Any]:
-    """Per-episode figures from a [T, E] record: return, and for racing lap time, laps, progress, collisions."""
+def episode_figures(rec: dict[str, np.ndarray], control_dt: float) -> dict[str, np.ndarray]:
+    """Per-episode figures [E] from a [T, E] record: return, and for racing laps, progress, collision, clean
+    lap and lap time (NaN where no lap was completed)."""
     done = np.asarray(rec["done"], bool)
     t_len, n = done.shape
     ended = done.any(0)
     last = np.where(ended, done.argmax(0), t_len - 1)  # index of each episode's final step
     live = np.arange(t_len)[:, None] <= last[None, :]
-    out: dict[str, Any] = {"return": float((np.asarray(rec["reward"]) * live).sum(0).mean()), "episodes": n}
+    out = {"return": (np.asarray(rec["reward"], np.float64) * live).sum(0)}
     if control_dt > 0:
         lap = np.asarray(rec["lap"], np.float64)
         laps_done = np.where(live, lap - 1.0, 0.0).max(0)
         first_lap = np.where(live & (lap >= 2.0), np.arange(t_len)[:, None], t_len).min(0)
         collided = (np.asarray(rec["wall_collision"], bool) & live).any(0)
-        # laps + lap fraction at the episode's end (a start just behind the line counts from 0)
-        progress = np.maximum(np.asarray(rec["total_progress"], np.float64)[last, np.arange(n)], 0.0)
-        clean = (laps_done >= 1.0) & ~collided
         out.update(
             {
-                "laps": float(laps_done.mean()),
-                "progress": float(progress.mean()),
-                "collision_rate": float(collided.mean()),
-                "lap_completed_clean": float(clean.mean()),
-                "lap_time": float(((first_lap + 1) * control_dt)[laps_done >= 1.0].mean())
-                if (laps_done >= 1.0).any()
-                else float("nan"),
+                "laps": laps_done,
+                # laps + lap fraction at the episode's end (a start just behind the line counts from 0)
+                "progress": np.maximum(
+                    np.asarray(rec["total_progress"], np.float64)[last, np.arange(n)], 0.0
+                ),
+                "collided": collided.astype(np.float64),
+                "clean": ((laps_done >= 1.0) & ~collided).astype(np.float64),
+                "lap_time": np.where(laps_done >= 1.0, (first_lap + 1) * control_dt, np.nan),
+            }
+        )
+    return out
+
+
+def _spread(name: str, values: np.ndarray) -> dict[str, float]:
+    """Mean, std, min and max of `values` (NaNs left out; all NaN if none is finite)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    stats = (v.mean(), v.std(), v.min(), v.max()) if v.size else (np.nan,) * 4
+    return dict(zip((name, f"{name}_std", f"{name}_min", f"{name}_max"), map(float, stats), strict=True))
+
+
+def summarize_eval(rec: dict[str, np.ndarray], control_dt: float) -> dict[str, Any]:
+    """Evaluation figures from a [T, E] record: mean and spread (std, min, max) of the return over episodes;
+    for racing also of the lap time (over the episodes that completed a lap) and of the clean-lap fraction
+    over start positions (`rec["start"]`, each episode's start lap fraction, where given), and the mean laps,
+    progress and collision rate."""
+    per = episode_figures(rec, control_dt)
+    n = per["return"].shape[0]
+    out: dict[str, Any] = {"episodes": n, **_spread("return", per["return"])}
+    if control_dt > 0:
+        starts = np.asarray(rec.get("start", np.zeros(n)), np.float64)
+        groups = np.unique(starts)
+        clean = np.array([per["clean"][starts == g].mean() for g in groups])
+        out.update(
+            {
+                "start_positions": len(groups),
+                "laps": float(per["laps"].mean()),
+                "progress": float(per["progress"].mean()),
+                "collision_rate": float(per["collided"].mean()),
+                **_spread("lap_completed_clean", clean),
+                **_spread("lap_time", per["lap_time"]),
             }
         )
     return out
 
 
 def make_bundle(cfg: RLConfig) -> EnvBundle:
-    return jax_bundle(cfg) if cfg.env.kind == "jax_racecar" else host_bundle(cfg)
+    if cfg.env.kind != "jax_racecar" and cfg.eval.start_positions != 1:
+        raise config.ConfigError(
+            f"eval.start_positions={cfg.eval.start_positions}: start positions around a track are an option of "
+            f"env.kind = 'jax_racecar' only (this run has {cfg.env.kind!r}); set it to 1"
+        )
+    if cfg.env.kind == "jax_racecar":
+        return jax_bundle(cfg)
+    return gymnax_bundle(cfg) if cfg.env.kind == "gymnax" else host_bundle(cfg)
 
 
 # --------------------------------------------------------------------------------------------- setup
@@ -562,13 +647,21 @@ def load_policy(path: str | Path, step: int | None = None) -> tuple[Callable[[di
 
 
 def evaluate_checkpoint(cfg: RLConfig, step: int | None = None, gif: bool | None = None) -> dict[str, Any]:
-    """Restore a run's checkpoint, drive `eval.episodes` deterministic episodes, report (and GIF) them."""
+    """Restore a run's checkpoint, drive `eval.episodes` deterministic episodes, report them (summary and
+    one row per episode with its start) and write the GIF of the first episode (from the start line)."""
     s = setup(cfg)
     out = run_dir.run_path(cfg)
     state, step = restore_state(s, step)
     rec = s.bundle.evaluate(s.learner, state, cfg.eval.episodes)
     figures = summarize_eval(rec, s.bundle.control_dt)
     figures["checkpoint"] = int(step)
+    per = episode_figures(rec, s.bundle.control_dt)
+    if "start" in rec:
+        per["start"] = np.asarray(rec["start"], np.float64)
+    figures["per_episode"] = [
+        {k: (float(v[e]) if np.isfinite(v[e]) else None) for k, v in per.items()}
+        for e in range(len(per["return"]))
+    ]
     if (cfg.eval.gif if gif is None else gif) and s.bundle.track is not None:
         done = np.asarray(rec["done"], bool)[:, 0]
         last = int(done.argmax()) if done.any() else len(done) - 1
