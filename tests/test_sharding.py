@@ -21,7 +21,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from src.config import ConfigError, MeshConfig
-from src.training import sharding
+from src.training import pretrainer, sharding
+from tests._pretrain_fakes import tiny_config, tiny_data_fn
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -116,6 +117,23 @@ def test_two_processes_train_identically(subprocess_runs):
     assert (out / "runs" / "two" / "encoder" / "weights.npz").is_file()
 
 
+def test_resume_with_another_process_count_names_both_layouts(subprocess_runs):
+    out, _ = subprocess_runs  # runs/two: written by the two gloo processes (checkpoints at steps 2 and 4)
+    cfg = tiny_config(out / "runs", "two", ("lidar", "gps"), training={"steps": 6, "checkpoint_every": 2})
+    with pytest.raises(ConfigError, match=r"ckpt/4 was written by 2 processes \(mesh data=2 x fsdp=1\), but this "
+                                          r"run has 1 process \(mesh data=1 x fsdp=1\)"):
+        pretrainer.train(cfg, data_fn=tiny_data_fn(), progress=False)
+
+
+def test_resume_on_another_mesh_reshards(subprocess_runs):
+    _, results = subprocess_runs
+    figures = json.loads(results["eight"].strip().splitlines()[-1])
+    # steps 1-2 on data x fsdp = 4 x 2 (FSDP), then resumed on 8 x 1 (replicated): the single-device losses
+    np.testing.assert_allclose(figures["resharded"], figures["one"], rtol=0, atol=1e-5)
+    assert "resharding" in results["eight"] and "(mesh data=4 x fsdp=2) to 1 process (mesh data=8 x fsdp=1)" in \
+        results["eight"]
+
+
 def test_distributed_start_decision(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
@@ -136,3 +154,14 @@ def test_distributed_start_decision(monkeypatch):
     assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2}
     with pytest.raises(ConfigError, match="needs mesh.num_processes"):
         sharding.initialize_distributed(MeshConfig(coordinator_address="10.0.0.1:1234"))
+    # GPUs: each task drives the GPU at its local rank among all the node's GPUs it sees (--gpus-per-node) ...
+    monkeypatch.setenv("JAX_PLATFORMS", "")
+    monkeypatch.setenv("SLURM_LOCALID", "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert sharding.initialize_distributed(MeshConfig())
+    assert calls[-1] == {"local_device_ids": [2]}
+    # ... and a task that sees one GPU (--gpus-per-task=1) is told what to request instead of an invalid ordinal.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    with pytest.raises(ConfigError, match=r"SLURM_LOCALID=2 sees 1 GPU.*--gpus-per-node .*not --gpus-per-task"):
+        sharding.initialize_distributed(MeshConfig())
+    assert len(calls) == 3

@@ -59,6 +59,9 @@ $MARKER
 ClusterName=raceformer-local
 SlurmctldHost=$NODE(127.0.0.1)
 AuthType=auth/munge
+# A requeued job may start again cred_expire seconds later (default 120) at the next scheduling pass
+# (sched_interval, default 60): both short here so that requeue tests are quick.
+AuthInfo=cred_expire=5
 CryptoType=crypto/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -70,6 +73,7 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 JobRequeue=1
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
 SlurmctldPidFile=$CTLD_PID
 SlurmdPidFile=$SLURMD_PID
 StateSaveLocation=$STATE_DIR
