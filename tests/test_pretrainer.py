@@ -156,3 +156,13 @@ def test_sigterm_saves_a_checkpoint_and_exits(runs):
     assert signal.getsignal(signal.SIGTERM) is previous
     assert result.stopped_by == "SIGTERM" and result.step == 7 and result.encoder_dir is None
     assert Checkpointer(runs / "sigterm" / "ckpt", save_every=10, keep=3).latest_step() == 7
+
+
+def test_sigterm_during_start_up_still_trains_one_step(runs):
+    """A SIGTERM kept from start-up (main installs the flag first) stops the run after one step, not before:
+    a job requeued by its time limit always makes progress."""
+    flag = pretrainer.StopFlag()
+    flag.signum = signal.SIGTERM
+    result = pretrainer.train(tiny_config(runs, "early"), data_fn=tiny_data_fn(), stop_flag=flag, progress=False)
+    assert result.stopped_by == "SIGTERM" and result.step == 1 and sorted(result.losses) == [1]
+    assert Checkpointer(runs / "early" / "ckpt", save_every=10, keep=3).latest_step() == 1

@@ -85,7 +85,7 @@ def subprocess_runs(tmp_path_factory):
     results = {}
     try:
         for name, p in procs.items():
-            stdout, stderr = p.communicate(timeout=300)
+            stdout, stderr = p.communicate(timeout=600)
             assert p.returncode == 0, f"{name} failed:\n{stderr[-3000:]}"
             results[name] = stdout
     finally:

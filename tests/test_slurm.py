@@ -42,7 +42,11 @@ def _cluster_problem() -> str | None:
 
 
 _PROBLEM = _cluster_problem()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_PROBLEM is not None, reason=f"slurm: {_PROBLEM}")]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(_PROBLEM is not None, reason=f"slurm: {_PROBLEM}"),
+    pytest.mark.timeout(2400),  # the jobs run one after another on a 2-CPU node (generous: a busy machine)
+]
 
 
 def tiny_cfg(tmp: Path, name: str, data_root: Path, steps: int, batch_size: int = 4) -> Path:
@@ -128,12 +132,12 @@ def jobs(tmp_path_factory):
     ids = {n: submit(tiny_cfg(tmp, n, data_root, STEPS), logs[n]) for n in names}
     runs = {n: tmp / "runs" / n for n in names}
     # Both interruptions come once training runs (a few steps logged) and well before its end.
-    wait_for(lambda: len(metrics(runs["sigterm"])) >= 5, 600, "the sigterm job to train")
+    wait_for(lambda: len(metrics(runs["sigterm"])) >= 5, 1200, "the sigterm job to train")
     sent_term = time.monotonic()
     subprocess.run(["scancel", "--signal=TERM", ids["sigterm"]], check=True)  # the job steps, as --signal=TERM@N
-    wait_for(lambda: len(metrics(runs["preempted"])) >= 5, 600, "the preempted job to train")
+    wait_for(lambda: len(metrics(runs["preempted"])) >= 5, 1200, "the preempted job to train")
     subprocess.run(["scontrol", "requeue", ids["preempted"]], check=True)
-    infos = wait_done(ids, logs, 600)
+    infos = wait_done(ids, logs, 1500)
     return {"ids": ids, "logs": logs, "runs": runs, "infos": infos, "wall_s": time.monotonic() - t0,
             "sent_term": sent_term}
 
