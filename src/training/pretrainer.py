@@ -285,12 +285,17 @@ class StopFlag:
         return self
 
     def attach_distributed(self) -> None:
-        """Hand SIGTERM to JAX's preemption service once `jax.distributed` runs (it installs its own handler):
-        a SIGTERM caught before that is raised again for it, so that every process stops at the same step."""
+        """With several processes, hand SIGTERM to JAX's preemption service (`jax.distributed` installs its own
+        handler) and give SIGINT back its previous handler (processes could see it at different steps): a signal
+        caught before is raised again for them, so that every process stops at the same step."""
         self._multi = jax.process_count() > 1
-        if self._multi and self.signum == signal.SIGTERM:
-            self.signum = None
-            signal.raise_signal(signal.SIGTERM)
+        if not self._multi:
+            return
+        if signal.SIGINT in self._previous:
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+        if self.signum is not None:
+            signum, self.signum = self.signum, None
+            signal.raise_signal(signum)
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
