@@ -102,11 +102,15 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
 
 
 def wait_done(jobs: dict[str, str], logs: dict[str, Path], timeout: float) -> dict[str, dict[str, str]]:
+    """Each job's last `scontrol show job` record, taken when it ended (SLURM forgets it MinJobAge s later)."""
+    ended: dict[str, dict[str, str]] = {}
+
     def finished():
-        infos = {k: job_info(j) for k, j in jobs.items()}
-        if all(i.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") for i in infos.values()):
-            return infos
-        return None
+        for name, job in jobs.items():
+            info = job_info(job) if name not in ended else ended[name]
+            if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                ended[name] = info
+        return dict(ended) if len(ended) == len(jobs) else None
 
     try:
         return wait_for(finished, timeout, f"jobs {jobs}", poll=1.0)
