@@ -1,7 +1,7 @@
 """The tiny train step on 8 fake CPU devices, run as a script by `test_sharding` (XLA_FLAGS must be set before
 JAX starts): three steps on one device and on a data x fsdp = 4 x 2 mesh with FSDP parameters, same batches, and
-three steps of a run checkpointed on the 4 x 2 mesh and resumed on an 8 x 1 one. Prints one JSON line: the loss
-sequences and how many parameters the FSDP layout actually split.
+with --reshard three steps of a run checkpointed on the 4 x 2 mesh and resumed on an 8 x 1 one. Prints one JSON
+line: the loss sequences and how many parameters the FSDP layout actually split.
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ def main() -> None:
     one, _ = losses(config.replace(base, mesh={"data": 1, "fsdp": 1}), jax.devices()[:1])
     fsdp = config.replace(base, mesh={"data": 4, "fsdp": 2, "param_sharding": "fsdp"})
     eight, split = losses(fsdp, jax.devices())
-    # A run checkpointed on the FSDP mesh and resumed on a replicated 8 x 1 mesh (Orbax reshards on restore).
-    first = pretrainer.train(config.replace(fsdp, run={"name": "reshard"}), data_fn=tiny_data_fn(), stop_after=2,
-                             progress=False)
-    replicated = config.replace(base, run={"name": "reshard"}, mesh={"data": 8, "fsdp": 1})
-    second = pretrainer.train(replicated, data_fn=tiny_data_fn(), stop_after=3, progress=False)
-    resharded = [first.losses[1], first.losses[2], second.losses[3]]
-    print(json.dumps({"one": one, "eight": eight, "fsdp_split_params": split, "resharded": resharded}))
+    figures = {"one": one, "eight": eight, "fsdp_split_params": split}
+    if "--reshard" in sys.argv:
+        # A run checkpointed on the FSDP mesh and resumed on a replicated 8 x 1 mesh (Orbax reshards on restore).
+        first = pretrainer.train(config.replace(fsdp, run={"name": "reshard"}), data_fn=tiny_data_fn(),
+                                 stop_after=2, progress=False)
+        replicated = config.replace(base, run={"name": "reshard"}, mesh={"data": 8, "fsdp": 1})
+        second = pretrainer.train(replicated, data_fn=tiny_data_fn(), stop_after=3, progress=False)
+        figures["resharded"] = [first.losses[1], first.losses[2], second.losses[3]]
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
