@@ -1,6 +1,7 @@
 """The tiny train step on 8 fake CPU devices, run as a script by `test_sharding` (XLA_FLAGS must be set before
-JAX starts): three steps on one device and on a data x fsdp = 4 x 2 mesh with FSDP parameters, same batches.
-Prints one JSON line: both loss sequences and how many parameters the FSDP layout actually split.
+JAX starts): three steps on one device and on a data x fsdp = 4 x 2 mesh with FSDP parameters, same batches, and
+with --reshard three steps of a run checkpointed on the 4 x 2 mesh and resumed on an 8 x 1 one. Prints one JSON
+line: the loss sequences and how many parameters the FSDP layout actually split.
 """
 
 from __future__ import annotations
@@ -37,8 +38,17 @@ def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     base = tiny_config(Path(sys.argv[1]), modalities=("lidar", "gps"))
     one, _ = losses(config.replace(base, mesh={"data": 1, "fsdp": 1}), jax.devices()[:1])
-    eight, split = losses(config.replace(base, mesh={"data": 4, "fsdp": 2, "param_sharding": "fsdp"}), jax.devices())
-    print(json.dumps({"one": one, "eight": eight, "fsdp_split_params": split}))
+    fsdp = config.replace(base, mesh={"data": 4, "fsdp": 2, "param_sharding": "fsdp"})
+    eight, split = losses(fsdp, jax.devices())
+    figures = {"one": one, "eight": eight, "fsdp_split_params": split}
+    if "--reshard" in sys.argv:
+        # A run checkpointed on the FSDP mesh and resumed on a replicated 8 x 1 mesh (Orbax reshards on restore).
+        first = pretrainer.train(config.replace(fsdp, run={"name": "reshard"}), data_fn=tiny_data_fn(),
+                                 stop_after=2, progress=False)
+        replicated = config.replace(base, run={"name": "reshard"}, mesh={"data": 8, "fsdp": 1})
+        second = pretrainer.train(replicated, data_fn=tiny_data_fn(), stop_after=3, progress=False)
+        figures["resharded"] = [first.losses[1], first.losses[2], second.losses[3]]
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

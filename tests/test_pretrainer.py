@@ -224,3 +224,13 @@ def test_weight_decay_reaches_dense_kernels_only(runs):
     for table in ("encoders/lidar/pos/table", "fusion/type_embed", "fusion/missing_token", "fusion/cls_token",
                   "pretrain_head/type_embed", "pretrain_head/mask_token", "latent_decoder/view_embed/embedding"):
         assert table in before and table not in decayed
+
+
+def test_sigterm_during_start_up_still_trains_one_step(runs):
+    """A SIGTERM kept from start-up (main installs the flag first) stops the run after one step, not before:
+    a job requeued by its time limit always makes progress."""
+    flag = pretrainer.StopFlag()
+    flag.signum = signal.SIGTERM
+    result = pretrainer.train(tiny_config(runs, "early"), data_fn=tiny_data_fn(), stop_flag=flag, progress=False)
+    assert result.stopped_by == "SIGTERM" and result.step == 1 and sorted(result.losses) == [1]
+    assert Checkpointer(runs / "early" / "ckpt", save_every=10, keep=3).latest_step() == 1

@@ -21,7 +21,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from src.config import ConfigError, MeshConfig
-from src.training import sharding
+from src.training import pretrainer, sharding
+from tests._pretrain_fakes import tiny_config, tiny_data_fn
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -84,7 +85,7 @@ def subprocess_runs(tmp_path_factory):
     results = {}
     try:
         for name, p in procs.items():
-            stdout, stderr = p.communicate(timeout=300)
+            stdout, stderr = p.communicate(timeout=600)
             assert p.returncode == 0, f"{name} failed:\n{stderr[-3000:]}"
             results[name] = stdout
     finally:
@@ -116,6 +117,27 @@ def test_two_processes_train_identically(subprocess_runs):
     assert (out / "runs" / "two" / "encoder" / "weights.npz").is_file()
 
 
+def test_resume_with_another_process_count_names_both_layouts(subprocess_runs):
+    out, _ = subprocess_runs  # runs/two: written by the two gloo processes (checkpoints at steps 2 and 4)
+    cfg = tiny_config(out / "runs", "two", ("lidar", "gps"), training={"steps": 6, "checkpoint_every": 2})
+    with pytest.raises(ConfigError, match=r"ckpt/4 was written by 2 processes \(mesh data=2 x fsdp=1\), but this "
+                                          r"run has 1 process \(mesh data=1 x fsdp=1\)"):
+        pretrainer.train(cfg, data_fn=tiny_data_fn(), progress=False)
+
+
+@pytest.mark.slow
+def test_resume_on_another_mesh_reshards(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([sys.executable, str(TESTS / "_eight_device_worker.py"), str(tmp_path), "--reshard"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    # steps 1-2 on data x fsdp = 4 x 2 (FSDP), then resumed on 8 x 1 (replicated): the single-device losses
+    np.testing.assert_allclose(figures["resharded"], figures["one"], rtol=0, atol=1e-5)
+    assert "(mesh data=4 x fsdp=2) to 1 process (mesh data=8 x fsdp=1)" in out.stdout
+
+
 def test_distributed_start_decision(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
@@ -136,3 +158,14 @@ def test_distributed_start_decision(monkeypatch):
     assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2}
     with pytest.raises(ConfigError, match="needs mesh.num_processes"):
         sharding.initialize_distributed(MeshConfig(coordinator_address="10.0.0.1:1234"))
+    # GPUs: each task drives the GPU at its local rank among all the node's GPUs it sees (--gpus-per-node) ...
+    monkeypatch.setenv("JAX_PLATFORMS", "")
+    monkeypatch.setenv("SLURM_LOCALID", "2")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert sharding.initialize_distributed(MeshConfig())
+    assert calls[-1] == {"local_device_ids": [2]}
+    # ... and a task that sees one GPU (--gpus-per-task=1) is told what to request instead of an invalid ordinal.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    with pytest.raises(ConfigError, match=r"SLURM_LOCALID=2 sees 1 GPU.*--gpus-per-node .*not --gpus-per-task"):
+        sharding.initialize_distributed(MeshConfig())
+    assert len(calls) == 3

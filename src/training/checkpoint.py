@@ -114,6 +114,13 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON `meta` saved with `step`, read alone (e.g. to check it before restoring the state)."""
+        if step not in self._manager.all_steps():
+            raise FileNotFoundError(f"{self.directory}: no checkpoint for step {step}; have {self.all_steps()}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"] or {})
+
     def restore(self, step: int, template_state: Any, *, data_iter: Any = None) -> tuple[Any, dict[str, Any]]:
         """Restore `step` into the structure, dtypes and shardings of `template_state`; returns (state, meta).
 

@@ -5,7 +5,9 @@ mesh, fed by a per-process Grain pipeline. A run lives in `runs/<name>/` (Contra
 `config.toml`, Orbax checkpoints in `ckpt/` (model, optimizer, RNG key, step and the data iterator's position,
 so a restarted run continues exactly), `metrics.jsonl` + TensorBoard events, and at the end `encoder/`, the
 encoder + fusion weights a PPO run imports. A non-finite loss stops the run and leaves the last good
-checkpoint; SIGTERM (SLURM pre-emption) and Ctrl-C save a checkpoint before exiting.
+checkpoint; SIGTERM (SLURM pre-emption or time-limit warning) and Ctrl-C save a checkpoint before exiting, and
+the CLI then exits with EXIT_STOPPED_EARLY (75) so that a job script can requeue itself. Shared files (synthetic
+data, converted bags) are written by process 0 while the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -49,29 +51,39 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------- data and loss
 
 
+def _written_by_process_zero(name: str, write: Callable[[], Any]) -> None:
+    """Run `write` (creates shared files: synthetic data, converted bags) on process 0 only; the other processes
+    wait at a barrier until it is done, so that no file is written twice and nobody reads half a set."""
+    if jax.process_index() == 0:
+        write()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"raceformer:{name}")
+
+
 def build_data(cfg: PretrainConfig, *, batch_size: int, shard_index: int, shard_count: int) -> Iterator[dict]:
     """This process's batch iterator (a Grain DatasetIterator with get_state/set_state) for `cfg.data.source`."""
     if cfg.data.source == "episodes":
         from src.data import episodes
 
-        if shard_index == 0:
-            episodes.ensure_episodes(cfg.data, cfg.model, seed=cfg.run.seed)
-        if shard_count > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("raceformer:episodes_ready")
+        _written_by_process_zero(
+            "episodes_ready", lambda: episodes.ensure_episodes(cfg.data, cfg.model, seed=cfg.run.seed)
+        )
         return episodes.build_iterator(cfg.data, cfg.model, batch_size=batch_size, seed=cfg.run.seed,
                                        shard_index=shard_index, shard_count=shard_count)
     from src.data import pipeline
 
     if cfg.data.source == "cmht":
-        pipeline.ensure_dataset(cfg.data)  # safe in every process: the set is renamed into place when complete
+        _written_by_process_zero("cmht_ready", lambda: pipeline.ensure_dataset(cfg.data))
         source = pipeline.build_cmht_source(cfg.data, cfg.model)
     elif cfg.data.source == "rosbag":
         from src.data import rosbag
 
-        # every process may convert: each bag is renamed into place when complete and skipped once there
-        converted = rosbag.convert_bags(cfg.data.root, on_error=cfg.data.on_error)
+        _written_by_process_zero(
+            "rosbag_converted", lambda: rosbag.convert_bags(cfg.data.root, on_error=cfg.data.on_error)
+        )
+        converted = Path(cfg.data.root) / rosbag.CONVERTED
         source = pipeline.build_cmht_source(dataclasses.replace(cfg.data, root=str(converted)), cfg.model)
     else:
         raise ConfigError(
@@ -244,10 +256,20 @@ def setup(cfg: PretrainConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
 # --------------------------------------------------------------------------------------------- signals
 
 
+EXIT_STOPPED_EARLY = 75
+"""`python -m src.training.pretrainer` exit status when a signal (SLURM's time-limit warning, pre-emption, Ctrl-C)
+stopped the run before its last step after saving a checkpoint: run it again to continue (EX_TEMPFAIL). The SLURM
+scripts requeue the job on it."""
+
+
 class StopFlag:
     """Why the loop should save and exit: SIGTERM / SIGINT in a single process; with several processes, JAX's
     preemption sync point, which all processes reach at the same step (a signal seen by one process at step k
-    and by another at k+1 would otherwise leave them in different collectives)."""
+    and by another at k+1 would otherwise leave them in different collectives).
+
+    `install` it before anything slow so that an early SIGTERM is kept, not fatal. It may arrive more than once
+    (under `srun uv run`, uv forwards the signal that SLURM also sends to its child); that is one request.
+    """
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -265,12 +287,26 @@ class StopFlag:
                 self.signum = signal.SIGTERM
         return self.signum is not None
 
-    def install(self) -> StopFlag:
-        self._multi = jax.process_count() > 1
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self.handler)
+    def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> StopFlag:
+        """Catch `signals` from now on (main thread only; those already caught stay as they are)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                if sig not in self._previous:
+                    self._previous[sig] = signal.signal(sig, self.handler)
         return self
+
+    def attach_distributed(self) -> None:
+        """With several processes, hand SIGTERM to JAX's preemption service (`jax.distributed` installs its own
+        handler) and give SIGINT back its previous handler (processes could see it at different steps): a signal
+        caught before is raised again for them, so that every process stops at the same step."""
+        self._multi = jax.process_count() > 1
+        if not self._multi:
+            return
+        if signal.SIGINT in self._previous:
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+        if self.signum is not None:
+            signum, self.signum = self.signum, None
+            signal.raise_signal(signum)
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
@@ -315,7 +351,19 @@ def train(
     """
     t_start = time.perf_counter()
     processes.prepare_process()
+    owns_flag = stop_flag is None
+    flag = (stop_flag or StopFlag()).install()
     sharding.initialize_distributed(cfg.mesh)
+    try:
+        flag.attach_distributed()
+        return _train(cfg, flag, data_fn=data_fn, stop_after=stop_after, progress=progress, t_start=t_start)
+    finally:
+        if owns_flag:
+            flag.restore()
+
+
+def _train(cfg: PretrainConfig, flag: StopFlag, *, data_fn: DataFn | None, stop_after: int | None,
+           progress: bool, t_start: float) -> TrainResult:
     tr = cfg.training
     primary = jax.process_index() == 0
     rd = run_dir.prepare(cfg, primary=primary)
@@ -325,6 +373,7 @@ def train(
         multihost_utils.sync_global_devices("raceformer:run_dir")
     out = rd.path
     s = setup(cfg)
+    print(sharding.describe(s.mesh), flush=True)
     local_bs = sharding.local_batch_size(tr.batch_size, s.mesh)
     data_iter = (data_fn or build_data)(
         cfg, batch_size=local_bs, shard_index=jax.process_index(), shard_count=jax.process_count()
@@ -332,7 +381,13 @@ def train(
     ckpt = Checkpointer(rd.ckpt, save_every=max(tr.checkpoint_every, 1), keep=tr.keep_checkpoints)
     state, start = s.state, 0
     latest = ckpt.latest_step() if rd.resumable else None
+    layout = sharding.layout(s.mesh)
     if latest is not None:
+        reshard = sharding.check_resume_layout(
+            ckpt.meta(latest).get("layout"), layout, str(ckpt.directory / str(latest))
+        )
+        if reshard and primary:
+            print(reshard, flush=True)
         state, meta = ckpt.restore(latest, state, data_iter=data_iter)
         start = int(meta.get("step", latest))
     end = tr.steps if stop_after is None else min(stop_after, tr.steps)
@@ -341,14 +396,13 @@ def train(
         logger.write(f"resumed {out} at step {start}")
     if rd.moved_aside is not None:
         logger.write(f"started over: the previous run in {out} was moved to {rd.moved_aside}")
-    flag = (stop_flag or StopFlag()).install()
     losses: dict[int, float] = {}
     step, stopped_by, saved_at = start, "completed", latest
     modalities = s.model.modalities
     batch = None
     try:
         while step < end:
-            if flag.should_stop(step):
+            if flag.should_stop(step) and step > start:  # one step at least: requeued runs always progress
                 stopped_by = signal.Signals(flag.signum).name
                 logger.write(f"{stopped_by} received: saving a checkpoint at step {step} and exiting")
                 break
@@ -377,10 +431,13 @@ def train(
             logger.update(metrics)
             if step % tr.log_every == 0 or step == end:
                 logger.log(step)
-            if ckpt.save(step, state, data_iter=data_iter, meta={"step": step}):
+            if ckpt.save(step, state, data_iter=data_iter, meta={"step": step, "layout": layout}):
                 saved_at = step
         if step != saved_at:
-            ckpt.save(step, state, data_iter=data_iter, meta={"step": step}, force=True)
+            t_save = time.perf_counter()
+            ckpt.save(step, state, data_iter=data_iter, meta={"step": step, "layout": layout}, force=True)
+            ckpt.wait()
+            logger.write(f"saved the checkpoint of step {step} in {time.perf_counter() - t_save:.2f} s")
         ckpt.wait()
         if stopped_by == "completed" and end < tr.steps:
             stopped_by = "stop_after"
@@ -391,7 +448,6 @@ def train(
                 encoder_dir = export_encoder(model, out / "encoder", cfg.model)
                 logger.write(f"exported encoder + fusion weights to {encoder_dir}")
     finally:
-        flag.restore()
         logger.close()
         ckpt.close()
         close = getattr(data_iter, "close", None)
@@ -404,11 +460,15 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; exits 0 when the run is complete, EXIT_STOPPED_EARLY after a signal stopped it with a checkpoint."""
+    # SIGTERM from the start: one during start-up (data synthesis, compiling) is kept, not fatal; Ctrl-C still
+    # aborts the start-up and saves once training runs.
+    flag = StopFlag().install((signal.SIGTERM,))
     parser = config.add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     args = parser.parse_args(argv)
     cfg = config.load_from_args(PretrainConfig, args)
     try:
-        result = train(cfg)
+        result = train(cfg, stop_flag=flag)
     except NonFiniteLossError as e:
         print(f"error: {e}")
         return 1
@@ -419,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         if first:
             summary += f"; loss {np.mean(first):.4f} (first steps) -> {np.mean(last):.4f} (last steps)"
         print(f"{summary}; run dir {result.run_dir}")
+    if result.stopped_by not in ("completed", "stop_after") and result.step < cfg.training.steps:
+        return EXIT_STOPPED_EARLY
     return 0
 
 

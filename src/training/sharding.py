@@ -30,6 +30,28 @@ def _slurm_multi_task() -> bool:
     return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1
 
 
+def slurm_local_device_ids() -> list[int] | None:
+    """The GPU this SLURM task drives: [SLURM_LOCALID], an index into the GPUs the task sees.
+
+    This is the binding JAX's SLURM support expects: one task per GPU, every task of a node seeing all the node's
+    GPUs (`--gpus-per-node`, or `--gres=gpu:N`, with `--gpu-bind=none`). Under `--gpus-per-task=1` each task sees a
+    single GPU and local rank r > 0 would ask for a device ordinal that does not exist: that is reported here.
+    None outside SLURM and on CPU (JAX_PLATFORMS=cpu).
+    """
+    local = os.environ.get("SLURM_LOCALID")
+    if local is None or os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        return None
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if visible and int(local) >= len(visible):
+        raise ConfigError(
+            f"SLURM task with SLURM_LOCALID={local} sees {len(visible)} GPU(s) (CUDA_VISIBLE_DEVICES="
+            f"{os.environ['CUDA_VISIBLE_DEVICES']}); one JAX process per GPU needs every task of a node to see all of "
+            "the node's GPUs: request them with --gpus-per-node (or --gres=gpu:N) and --gpu-bind=none, "
+            "not --gpus-per-task"
+        )
+    return [int(local)]
+
+
 def initialize_distributed(cfg: MeshConfig) -> bool:
     """Start the JAX multi-process runtime if the config (or SLURM) asks for it; True when it was started.
 
@@ -57,9 +79,49 @@ def initialize_distributed(cfg: MeshConfig) -> bool:
             num_processes=cfg.num_processes,
             process_id=cfg.process_id,
         )
+    elif (local_ids := slurm_local_device_ids()) is not None:
+        jax.distributed.initialize(local_device_ids=local_ids)
     else:
         jax.distributed.initialize()
     return True
+
+
+def layout(mesh: Mesh) -> dict[str, Any]:
+    """How a run is spread: the process count and the mesh axis sizes (saved with every checkpoint)."""
+    return {"processes": jax.process_count(), "mesh": {str(k): int(v) for k, v in mesh.shape.items()}}
+
+
+def _layout_text(layout: dict[str, Any]) -> str:
+    n = layout["processes"]
+    mesh = " x ".join(f"{k}={v}" for k, v in layout["mesh"].items())
+    return f"{n} process{'es' if n != 1 else ''} (mesh {mesh})"
+
+
+def check_resume_layout(saved: dict[str, Any] | None, current: dict[str, Any], where: str) -> str | None:
+    """Whether a checkpoint written with layout `saved` can continue under `current`.
+
+    Another mesh is fine: Orbax restores every array into the current shardings; returns a line saying so. Another
+    process count is an error naming both layouts: each process's data-iterator position belongs to its own data
+    shard, so the data order could not continue. None when nothing changed (or the checkpoint has no record).
+    """
+    if not saved or saved == current:
+        return None
+    if saved.get("processes") != current["processes"]:
+        raise ConfigError(
+            f"{where} was written by {_layout_text(saved)}, but this run has {_layout_text(current)}: the data "
+            f"positions saved per process cannot be continued by another number of processes. Resume it with "
+            f"{saved.get('processes')} processes, or start a new run (another run.name, or run.resume=false)"
+        )
+    return f"resharding {where} from {_layout_text(saved)} to {_layout_text(current)}"
+
+
+def describe(mesh: Mesh) -> str:
+    """The line every process prints once at start, so that a log shows whether distributed training is on."""
+    return (
+        f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local devices, "
+        f"{jax.device_count()} global devices ({jax.default_backend()}), "
+        f"mesh {' x '.join(f'{k}={v}' for k, v in mesh.shape.items())}"
+    )
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int]:
