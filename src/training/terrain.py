@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -226,17 +227,39 @@ def make_encoder(cfg: TerrainConfig, channels: int) -> PatchEncoder:
     return PatchEncoder(channels, cfg.represent.embed_dim, widths=cfg.represent.widths, rngs=nnx.Rngs(cfg.run.seed))
 
 
-def representation_loss(cfg: RepresentConfig) -> Callable[[PatchEncoder, dict[str, jax.Array]], jax.Array]:
-    if cfg.objective == "triplet":
-        return lambda m, b: triplet_margin_loss(m(b["anchor"]), m(b["positive"]), m(b["negative"]), cfg.margin)
-    return lambda m, b: vicreg_loss(m(b["view1"]), m(b["view2"]), cfg.vicreg_sim, cfg.vicreg_std, cfg.vicreg_cov)[0]
+@functools.cache
+def representation_step(
+    objective: str, margin: float, sim: float, std: float, cov: float
+) -> Callable[[nnx.Module, nnx.Optimizer, Any], jax.Array]:
+    """The jitted step of one representation objective (cached: every run in a process shares its compilation)."""
+    if objective == "triplet":
+        return make_step(lambda m, b: triplet_margin_loss(m(b["anchor"]), m(b["positive"]), m(b["negative"]), margin))
+    return make_step(lambda m, b: vicreg_loss(m(b["view1"]), m(b["view2"]), sim, std, cov)[0])
+
+
+@functools.cache
+def cost_step(margin: float) -> Callable[[nnx.Module, nnx.Optimizer, Any], jax.Array]:
+    return make_step(lambda h, b: preference_loss(h(b["z1"]), h(b["z2"]), b["label"], margin))
 
 
 def make_step(loss_fn: Callable[[Any, Any], jax.Array]) -> Callable:
-    @nnx.jit
-    def step(model: nnx.Module, optimizer: nnx.Optimizer, batch: Any) -> jax.Array:
+    """A jitted train step `step(model, optimizer, batch) -> loss` (updates both in place).
+
+    The jit is over the split (graphdef, state), with the graphdef static: a fresh model of the same structure
+    (a resumed run, a second run in one process) reuses the compiled step.
+    """
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+    def pure(graphdef: nnx.GraphDef, state: nnx.State, batch: Any) -> tuple[jax.Array, nnx.State]:
+        model, optimizer = nnx.merge(graphdef, state)
         loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
         optimizer.update(model, grads)
+        return loss, nnx.state((model, optimizer))
+
+    def step(model: nnx.Module, optimizer: nnx.Optimizer, batch: Any) -> jax.Array:
+        graphdef, state = nnx.split((model, optimizer))
+        loss, state = pure(graphdef, state, batch)
+        nnx.update((model, optimizer), state)
         return loss
 
     return step
@@ -313,11 +336,18 @@ def represent_source(ps: dataset.PatchSet, cfg: TerrainConfig) -> grain.MapDatas
     return grain.MapDataset.source(src).batch(rc.batch)
 
 
+@functools.cache
+def _adam(lr: float) -> optax.GradientTransformation:
+    """One optax object per learning rate: it is part of the optimizer's graphdef, so sharing it lets a new run
+    (or a resumed one) in the same process reuse the compiled step."""
+    return optax.adam(lr)
+
+
 def encoder_optimizer(cfg: TerrainConfig, model: PatchEncoder) -> nnx.Optimizer:
-    return nnx.Optimizer(model, optax.adam(cfg.represent.lr), wrt=nnx.Param)
+    return nnx.Optimizer(model, _adam(cfg.represent.lr), wrt=nnx.Param)
 
 
-def represent(cfg: TerrainConfig, ps: dataset.PatchSet, step_fn: Callable | None = None) -> tuple[PatchEncoder, list[float]]:
+def represent(cfg: TerrainConfig, ps: dataset.PatchSet) -> tuple[PatchEncoder, list[float]]:
     """Train the encoder with the configured objective; resumes from represent/ckpt when run.resume."""
     model = make_encoder(cfg, ps.patches.shape[-1])
     optimizer = encoder_optimizer(cfg, model)
@@ -326,7 +356,7 @@ def represent(cfg: TerrainConfig, ps: dataset.PatchSet, step_fn: Callable | None
     losses = train_loop(
         model,
         optimizer,
-        step_fn or make_step(representation_loss(rc)),
+        representation_step(rc.objective, rc.margin, rc.vicreg_sim, rc.vicreg_std, rc.vicreg_cov),
         lambda s: ds[s],
         rc.steps,
         run_dir(cfg) / "represent",
@@ -344,10 +374,19 @@ def trained_encoder(cfg: TerrainConfig, ps: dataset.PatchSet) -> PatchEncoder:
     return model
 
 
+@nnx.jit
+def _embed_batch(model: PatchEncoder, patches: jax.Array) -> jax.Array:
+    return l2_normalize(model(patches))
+
+
 def embed(model: PatchEncoder, patches: np.ndarray, batch: int = 512) -> np.ndarray:
-    """L2-normalised embeddings [M, D] of uint8 patches (the frozen representation)."""
-    fn = nnx.jit(lambda m, x: l2_normalize(m(x)))
-    out = [np.asarray(fn(model, jnp.asarray(patches[a : a + batch]))) for a in range(0, len(patches), batch)]
+    """L2-normalised embeddings [M, D] of uint8 patches (the frozen representation); fixed-size padded batches
+    so that one compilation serves every call."""
+    out = []
+    for a in range(0, len(patches), batch):
+        chunk = patches[a : a + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(_embed_batch(model, jnp.asarray(padded)))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, model.out.out_features), np.float32)
 
 
@@ -363,8 +402,11 @@ def _cost_batches(
     def batch_at(step: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([seed, 1, step])
         which = rng.integers(len(orderings), size=batch)
-        i = np.array([rng.choice(firsts[w]) for w in which])
-        j = np.array([rng.choice(seconds[w]) for w in which])
+        i, j = np.zeros(batch, np.int64), np.zeros(batch, np.int64)
+        for o in range(len(orderings)):
+            rows = which == o
+            i[rows] = rng.choice(firsts[o], rows.sum())
+            j[rows] = rng.choice(seconds[o], rows.sum())
         return {"z1": z[i], "z2": z[j], "label": labels[which]}
 
     return batch_at
@@ -376,7 +418,7 @@ def make_cost_head(cfg: TerrainConfig) -> CostHead:
 
 
 def cost_optimizer(cfg: TerrainConfig, head: CostHead) -> nnx.Optimizer:
-    return nnx.Optimizer(head, optax.adam(cfg.cost.lr), wrt=nnx.Param)
+    return nnx.Optimizer(head, _adam(cfg.cost.lr), wrt=nnx.Param)
 
 
 def train_cost(cfg: TerrainConfig, ps: dataset.PatchSet, z: np.ndarray, train_spec: spec.Spec) -> tuple[CostHead, list[float]]:
@@ -386,11 +428,10 @@ def train_cost(cfg: TerrainConfig, ps: dataset.PatchSet, z: np.ndarray, train_sp
     head = make_cost_head(cfg)
     optimizer = cost_optimizer(cfg, head)
     cc = cfg.cost
-    loss_fn = lambda h, b: preference_loss(h(b["z1"]), h(b["z2"]), b["label"], cc.margin)  # noqa: E731
     losses = train_loop(
         head,
         optimizer,
-        make_step(loss_fn),
+        cost_step(cc.margin),
         _cost_batches(z, ps.category, ps.categories, train_spec.orderings, cc.batch, cfg.run.seed),
         cc.steps,
         run_dir(cfg) / "cost",
