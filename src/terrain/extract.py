@@ -147,24 +147,42 @@ def _patch_offsets(geom: GroundGeometry, scan: ScanConfig) -> tuple[np.ndarray, 
     return -k[:, None], -k[None, :]
 
 
-def sample_patches(
-    traj: Trajectory, view: np.ndarray, loc: np.ndarray, geom: GroundGeometry, scan: ScanConfig
+def _sample_coords(
+    traj: Trajectory, view: np.ndarray, loc: np.ndarray, geom: GroundGeometry, f: np.ndarray, left: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear patches [K, P, P, C] uint8 of locations `loc` seen from frames `view`, and fully-in-view [K]."""
-    _, h, w, _ = traj.images.shape
-    xi, yi, ti = traj.poses[view].T
+    """Continuous (row, col) in image `view` of points (forward f, left) in the robot frame at `loc`."""
+    ti = traj.poses[view, 2]
     dx, dy = (traj.poses[loc, :2] - traj.poses[view, :2]).T
     c, s = np.cos(ti), np.sin(ti)
     rx, ry = c * dx + s * dy, -s * dx + c * dy
     dyaw = traj.poses[loc, 2] - ti
     cd, sd = np.cos(dyaw)[:, None, None], np.sin(dyaw)[:, None, None]
-    f, left = _patch_offsets(geom, scan)
     x = rx[:, None, None] + cd * f - sd * left
     y = ry[:, None, None] + sd * f + cd * left
     row = geom.robot_row - x * geom.px_per_m
     col = geom.robot_col - y * geom.px_per_m
     row = np.where(np.abs(row - np.rint(row)) < _SNAP, np.rint(row), row)
     col = np.where(np.abs(col - np.rint(col)) < _SNAP, np.rint(col), col)
+    return row, col
+
+
+def inside_image(
+    traj: Trajectory, view: np.ndarray, loc: np.ndarray, geom: GroundGeometry, scan: ScanConfig
+) -> np.ndarray:
+    """bool [K]: the patch's four corner samples lie inside the image (a square: then all its samples do)."""
+    _, h, w, _ = traj.images.shape
+    f, left = _patch_offsets(geom, scan)
+    row, col = _sample_coords(traj, view, loc, geom, f[[0, -1]], left[:, [0, -1]])
+    ok = (row >= 0) & (row <= h - 1) & (col >= 0) & (col <= w - 1)
+    return ok.reshape(len(view), -1).all(axis=1)
+
+
+def sample_patches(
+    traj: Trajectory, view: np.ndarray, loc: np.ndarray, geom: GroundGeometry, scan: ScanConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear patches [K, P, P, C] uint8 of locations `loc` seen from frames `view`, and fully-in-view [K]."""
+    _, h, w, _ = traj.images.shape
+    row, col = _sample_coords(traj, view, loc, geom, *_patch_offsets(geom, scan))
     r0, c0 = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
     ar, ac = (row - r0).astype(np.float32), (col - c0).astype(np.float32)
     frame = view[:, None, None]
@@ -188,6 +206,9 @@ def extract_patches(traj: Trajectory, geom: GroundGeometry, scan: ScanConfig = S
     counts = np.maximum(end - np.arange(n) + 1, 0)
     view = np.repeat(np.arange(n), counts)
     loc = view + (np.arange(len(view)) - np.repeat(np.cumsum(counts) - counts, counts))
+    candidates = len(view)
+    inside = inside_image(traj, view, loc, geom, scan)  # cheap: only the corners, before the full gather
+    view, loc = view[inside], loc[inside]
     kept_p, kept_v, kept_l = [], [], []
     for a in range(0, len(view), scan.chunk):
         v, lo = view[a : a + scan.chunk], loc[a : a + scan.chunk]
@@ -208,5 +229,5 @@ def extract_patches(traj: Trajectory, geom: GroundGeometry, scan: ScanConfig = S
         distance=dist[order],
         gaps=int(gap_after(traj, scan).sum()) if n > 1 else 0,
         stopped_by_gap=int(stopped.sum()),
-        dropped=int(len(view) - len(v)),
+        dropped=int(candidates - len(v)),
     )
