@@ -167,6 +167,14 @@ def gps_vector(east: Any, north: Any, heading: Any, speed: Any, xp: Any = np) ->
     return xp.stack(columns, axis=-1).astype(xp.float32)
 
 
+def gps_pose(gps: np.ndarray) -> np.ndarray:
+    """The planar pose [..., 3] (east, north in metres from the start, ENU heading in rad) of contract `gps`
+    vectors: the inverse of `gps_vector` for the position and heading columns."""
+    gps = np.asarray(gps, np.float64)
+    heading = np.arctan2(gps[..., 3], gps[..., 2])
+    return np.stack([gps[..., 0] * GPS_POSITION_SCALE, gps[..., 1] * GPS_POSITION_SCALE, heading], axis=-1)
+
+
 def imu_vector(gyro_flu: Any, specific_force_flu: Any, xp: Any = np) -> Any:
     """Contract `imu` [..., 6] from body-frame (forward, left, up) angular rates and specific force: the same
     vectors in the contract's forward-right-down axes (y and z flip sign)."""

@@ -14,6 +14,10 @@ def _schema_for(path: Path) -> type:
     text = path.read_text()
     if "[ppo]" in text:
         return config.RLConfig
+    if path.name.startswith("terrain_"):
+        from src.training.terrain import TerrainConfig
+
+        return TerrainConfig
     return config.PretrainConfig
 
 

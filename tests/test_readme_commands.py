@@ -36,8 +36,16 @@ def tiny_rl(out: Path) -> list[str]:
                 "eval.max_steps=12", "eval.gif_frame_every=4")
 
 
+def tiny_terrain(out: Path) -> list[str]:
+    return sets(f"run.out_dir={out}", f"source.root={out / 'terrain_data'}",
+                "represent.steps=4", "represent.checkpoint_every=2", "cost.steps=4", "eval.pairs=50")
+
+
 def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
+    terrain = {f"-m src.training.terrain {stage} --config configs/terrain_topdown.toml": tiny_terrain(out)
+               for stage in ("extract", "represent", "cost", "evaluate")}
     tiny = {
+        **terrain,
         "-m src.training.pretrainer --config configs/pretrain_cmht.toml": tiny_pretrain(data_root, out),
         "-m src.training.rl_agent --config configs/rl_racecar.toml": tiny_rl(out),
         "-m src.training.rl_agent --config configs/rl_racecar.toml --eval": tiny_rl(out),
