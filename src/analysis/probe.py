@@ -130,18 +130,21 @@ def masked_patch_correlation(pred: np.ndarray, target: np.ndarray, masked: np.nd
 # --------------------------------------------------------------------------------------------- models
 
 
+# One jitted function for every encoder: models of one architecture share the compiled code.
+_cls_features = jax.jit(lambda model, batch, valid: model.features(batch, valid, deterministic=True))
+
+
 def encoder_features(model: Raceformer, samples: dict[str, Any], batch_size: int = 32) -> np.ndarray:
     """The fused CLS feature [N, D] of stacked samples (modality arrays [N, ...] and "valid" {m: [N]})."""
     mods = model.modalities
     n = len(samples[mods[0]])
-    feats = jax.jit(lambda m, b, v: m.features(b, v, deterministic=True))
     out = []
     for i in range(0, n, batch_size):
         # the last chunk is padded to batch_size so the function compiles once
         idx = np.minimum(np.arange(i, i + batch_size), n - 1)
         batch = {m: jnp.asarray(samples[m][idx]) for m in mods}
         valid = {m: jnp.asarray(samples["valid"][m][idx]) for m in mods}
-        out.append(np.asarray(feats(model, batch, valid))[: min(batch_size, n - i)])
+        out.append(np.asarray(_cls_features(model, batch, valid))[: min(batch_size, n - i)])
     return np.concatenate(out)
 
 
