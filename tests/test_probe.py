@@ -1,6 +1,7 @@
 """Pretraining-quality figures: probes that can fail, reconstruction correlation, and the end-to-end run."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -76,9 +77,11 @@ def tiny_cmht_run(tmp_path_factory):
 
 
 @pytest.mark.slow  # a synthetic CMHT sequence + a 4-step pretraining run + two probes: minutes on 2 busy cores
-def test_pretraining_quality_end_to_end(tiny_cmht_run):
+def test_pretraining_quality_end_to_end(tiny_cmht_run, tmp_path, capsys):
     run_dir, cfg = tiny_cmht_run
-    figures = probe.pretraining_quality(run_dir, cfg, max_samples=10)
+    cfg_path = config.save(cfg, tmp_path / "pretrain.toml")
+    probe.main(["--encoder", str(run_dir), "--config", str(cfg_path), "--max-samples", "10"])
+    figures = json.loads(capsys.readouterr().out)
     assert 6 <= figures["samples"] <= 10  # ~10 % of synthetic sweeps are unlabelled
     for enc in ("pretrained", "random"):
         assert np.isfinite(figures[f"probe/{enc}/r2"])
