@@ -128,7 +128,7 @@ def _patch_targets(x: jax.Array, patch_size: int, normalise: bool) -> jax.Array:
     return target
 
 
-def masked_modeling_loss(
+def masked_predictions(
     model: Raceformer,
     batch: dict,
     key: jax.Array,
@@ -137,16 +137,13 @@ def masked_modeling_loss(
     dirichlet_alpha: float = 0.0,
     norm_pix_loss: Collection[str] = (),
     deterministic: bool = False,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """MultiMAE loss of `model` on a Contract-1 `batch` (with batch["valid"]; missing = all present).
+) -> dict[str, dict[str, jax.Array]]:
+    """The masked-modeling head's work on `batch`: per patch modality {"pred", "target": [B, N, P],
+    "masked": float [B, N] (masked and present), "visible": bool [B, N] (encoded and present), "present":
+    bool [B] (the modality is valid)}.
 
-    `norm_pix_loss`: the modalities whose targets are normalised per patch (module docstring); names of
-    modalities the model does not have are ignored, so one setting serves models with different inputs.
-
-    `key` draws the masks and (when not deterministic) the dropout. Returns (loss, aux) with aux["loss/<m>"]
-    the masked MSE of each patch modality over the samples where it is present (0 when it is absent
-    everywhere), aux["mask_fraction"] (masked / present patches) and aux["visible_tokens"] (mean visible
-    patches a sample).
+    Shared by `masked_modeling_loss` and the reconstruction health figure (`src.analysis.probe`), so both
+    see the same masks and targets. `key` draws the masks and (when not deterministic) the dropout.
     """
     mods = model.patch_modalities
     if not mods:
@@ -175,18 +172,52 @@ def masked_modeling_loss(
     preds = model.pretrain_head(
         enc["cls"], tokens, token_mask, valid, keep_idx, deterministic=deterministic, rngs=rngs
     )
-
-    aux: dict[str, jax.Array] = {}
-    pair_loss, pair_used, masked_total, present_total, visible_total = 0.0, 0.0, 0.0, 0.0, 0.0
+    out = {}
     for m in mods:
-        n = model.num_patches(m)
         present = valid[m]
         x = jnp.asarray(batch[m])
         x = jnp.where(present.reshape((-1,) + (1,) * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
-        target = _patch_targets(x, model.patch_size(m), m in norm_pix_loss)
-        visible = visible_positions(keep_idx[m], keep_mask[m], n)
-        masked = (~visible & present[:, None]).astype(jnp.float32)
-        err = jnp.mean(jnp.square(preds[m] - target), axis=-1)  # [B, N]
+        visible = visible_positions(keep_idx[m], keep_mask[m], model.num_patches(m))
+        out[m] = {
+            "pred": preds[m],
+            "target": _patch_targets(x, model.patch_size(m), m in norm_pix_loss),
+            "masked": (~visible & present[:, None]).astype(jnp.float32),
+            "visible": visible & present[:, None],
+            "present": present,
+        }
+    return out
+
+
+def masked_modeling_loss(
+    model: Raceformer,
+    batch: dict,
+    key: jax.Array,
+    *,
+    mask_ratio: float = 0.5,
+    dirichlet_alpha: float = 0.0,
+    norm_pix_loss: Collection[str] = (),
+    deterministic: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MultiMAE loss of `model` on a Contract-1 `batch` (with batch["valid"]; missing = all present).
+
+    `norm_pix_loss`: the modalities whose targets are normalised per patch (module docstring); names of
+    modalities the model does not have are ignored, so one setting serves models with different inputs.
+
+    `key` draws the masks and (when not deterministic) the dropout. Returns (loss, aux) with aux["loss/<m>"]
+    the masked MSE of each patch modality over the samples where it is present (0 when it is absent
+    everywhere), aux["mask_fraction"] (masked / present patches) and aux["visible_tokens"] (mean visible
+    patches a sample).
+    """
+    parts = masked_predictions(
+        model, batch, key, mask_ratio=mask_ratio, dirichlet_alpha=dirichlet_alpha,
+        norm_pix_loss=norm_pix_loss, deterministic=deterministic,
+    )
+    b = jnp.shape(batch[model.modalities[0]])[0]
+    aux: dict[str, jax.Array] = {}
+    pair_loss, pair_used, masked_total, present_total, visible_total = 0.0, 0.0, 0.0, 0.0, 0.0
+    for m, part in parts.items():
+        masked = part["masked"]
+        err = jnp.mean(jnp.square(part["pred"] - part["target"]), axis=-1)  # [B, N]
         count = masked.sum(axis=1)
         sample_loss = (err * masked).sum(axis=1) / jnp.maximum(count, 1.0)
         used = (count > 0).astype(jnp.float32)
@@ -194,8 +225,8 @@ def masked_modeling_loss(
         pair_loss = pair_loss + (sample_loss * used).sum()
         pair_used = pair_used + used.sum()
         masked_total = masked_total + count.sum()
-        present_total = present_total + present.sum() * n
-        visible_total = visible_total + (visible & present[:, None]).sum()
+        present_total = present_total + part["present"].sum() * model.num_patches(m)
+        visible_total = visible_total + part["visible"].sum()
     aux["mask_fraction"] = masked_total / jnp.maximum(present_total, 1.0)
     aux["visible_tokens"] = visible_total / b
     return pair_loss / jnp.maximum(pair_used, 1.0), aux

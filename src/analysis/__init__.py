@@ -1,0 +1,1 @@
+"""Analysis of experiments: rliable statistics and reports (`stats`, `report`), pretraining probes (`probe`)."""
