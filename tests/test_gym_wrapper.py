@@ -196,6 +196,37 @@ def test_vector_env_wrapper():
     env.close()
 
 
+def test_vector_wrapper_maps_the_final_observations_of_autoreset():
+    """SAME_STEP autoreset puts a finished episode's last observation in info["final_obs"]: mapped too."""
+
+    def short():
+        return gymnasium.wrappers.TimeLimit(BulletRaceEnv("default", lidar_rays=64), 2)
+
+    def vector():
+        mode = gymnasium.vector.AutoresetMode.SAME_STEP
+        return gymnasium.vector.SyncVectorEnv([short, short], autoreset_mode=mode)
+
+    mods = {"lidar": ModalityConfig(shape=(16, 1)), "gps": ModalityConfig(shape=(5,))}
+    env, raw = ContractObsVectorWrapper(vector(), mods, BEV), vector()
+    env.reset(seed=[0, 1])
+    raw.reset(seed=[0, 1])
+    actions = np.array([[0.8, 0.1], [0.6, -0.2]], np.float32)
+    for _ in range(2):
+        obs, _, _, truncated, info = env.step(actions)
+        raw_obs, _, _, _, raw_info = raw.step(unflatten_action(actions))
+    assert truncated.all() and info["_final_obs"].all()
+    spec = ScanSpec(64, env.scan_spec.fov, env.scan_spec.max_range)
+    for i in range(2):
+        want, valid = contract_obs(raw_info["final_obs"][i], mods, BEV, spec)
+        got = info["final_obs"][i]
+        for k in (*mods, "timestamp"):
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        assert got["valid"] == valid and got["timestamp"] == pytest.approx(0.08)
+        assert not np.array_equal(got["gps"], obs["gps"][i])  # the old episode's end, not the new start
+    env.close()
+    raw.close()
+
+
 def test_host_step_inside_jit_matches_direct_stepping():
     actions = np.stack([np.linspace(0.2, 1.0, 6), np.linspace(-0.5, 0.5, 6)], 1).astype(np.float32)
     hosted, direct = BulletRaceEnv("default"), BulletRaceEnv("default")

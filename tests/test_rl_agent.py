@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 
 from src import config
 from src.config import ModalityConfig, ModelConfig, PPOConfig, RLConfig
+from src.envs import gym_wrapper
 from src.training import ppo, rl_agent
 from src.training.agent import FROZEN_PREFIXES, RaceformerAgent, load_pretrained
 from src.training.checkpoint import export_encoder
@@ -342,3 +344,81 @@ def test_summarize_eval_reports_the_spread_over_starts():
     assert out["lap_time_std"] == pytest.approx(np.std([1.0, 1.0, 2.0]))
     assert (out["lap_time_min"], out["lap_time_max"]) == (1.0, 2.0)
     assert (out["collision_rate"], out["laps"]) == (0.5, 0.75)
+
+
+# --------------------------------------------------------------------------------------------- host engine, PyBullet
+
+
+class _RawRecorder(gymnasium.vector.VectorWrapper):
+    """Keeps the raw (racecar_gym-style) observations the vector env hands the Contract-1 wrapper."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.obs, self.finals = [], []
+
+    def reset(self, **kw):
+        obs, info = self.env.reset(**kw)
+        self.obs.append(obs)
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.obs.append(obs)
+        self.finals.append(info.get("final_obs"))
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.slow  # ~35-65 s on 2 shared CPU cores: PyBullet plus compiling the policy, value and update
+def test_bullet_host_engine_feeds_the_agent_contract_obs_final_observations_included():
+    """The PPO host engine on PyBullet gets Contract-1 samples from `ContractObsVectorWrapper`, equal to
+    `contract_obs` of the raw observations, and bootstraps a truncated episode from its mapped final one."""
+    cfg = config.from_dict(
+        RLConfig,
+        {
+            "env": {"kind": "bullet", "num_envs": 2, "max_episode_steps": 3, "lidar_rays": 64},
+            "model": config.to_dict(TINY_MODEL),
+            "ppo": {
+                "agent": "raceformer",
+                "total_env_steps": 8,
+                "num_steps": 4,
+                "num_minibatches": 1,
+                "update_epochs": 1,
+                "bootstrap_truncation": True,
+            },
+        },
+    )
+    s = rl_agent.setup(cfg)
+    engine = s.bundle.make_engine(s.learner)
+    assert isinstance(engine.env, gym_wrapper.ContractObsVectorWrapper)
+    raw = engine.env.env = _RawRecorder(engine.env.env)
+    sim = raw.unwrapped.get_attr("sim_config")[0]
+    spec = gym_wrapper.ScanSpec(sim.lidar_rays, sim.lidar_fov, sim.lidar_range)
+    seen_policy, seen_value = [], []
+    policy_step, value = engine.policy_step, engine.value
+    engine.policy_step = lambda st, obs: (seen_policy.append(obs), policy_step(st, obs))[1]
+    engine.value = lambda st, obs: (seen_value.append(obs), value(st, obs))[1]
+
+    def expected(env_obs):
+        sample, valid = gym_wrapper.contract_obs(env_obs, TINY_MODEL.modalities, cfg.model.bev, spec)
+        sample.pop("timestamp")
+        return {**sample, "valid": valid}
+
+    def assert_equal(got, want):
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), got, want)
+
+    engine.reset(seed=0)
+    state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(0))
+    engine.run_iteration(state)
+    assert len(seen_policy) == 4 and len(raw.obs) == 5
+    for got, env_obs in zip(seen_policy, raw.obs[:4], strict=True):
+        assert_equal(got, expected(env_obs))
+    # both envs are truncated at step 3 (index 2): one bootstrap value on the finished episodes' last
+    # observations, then the value of the rollout's last observation
+    assert [f is not None for f in raw.finals] == [False, False, True, False] and len(seen_value) == 2
+    finals = raw.finals[2]
+    want = expected(jax.tree.map(lambda *xs: np.stack(xs), *finals))
+    assert_equal(seen_value[0], want)
+    assert not np.array_equal(want["gps"], expected(raw.obs[3])["gps"])  # not the new episode's first obs
+    assert_equal(seen_value[1], expected(raw.obs[4]))
+    engine.close()

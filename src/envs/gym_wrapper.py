@@ -280,7 +280,11 @@ class ContractObsWrapper(_ContractIO, gymnasium.Wrapper):
 
 
 class ContractObsVectorWrapper(_ContractIO, gymnasium.vector.VectorWrapper):
-    """The same for a `gymnasium.vector` env (Sync or Async): batched samples [B, ...], actions [B, 2]."""
+    """The same for a `gymnasium.vector` env (Sync or Async): batched samples [B, ...], actions [B, 2].
+
+    With SAME_STEP autoreset, the finished episodes' last observations in `info["final_obs"]` (what a learner
+    bootstraps a truncated episode from) are mapped too, so no raw observation reaches the agent.
+    """
 
     def __init__(self, env: Any, modalities: Mapping[str, Any], bev: BevConfig, spec: ScanSpec | None = None):
         super().__init__(env)
@@ -293,6 +297,16 @@ class ContractObsVectorWrapper(_ContractIO, gymnasium.vector.VectorWrapper):
         )
         self.single_action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, env.num_envs)
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if info.get("final_obs") is not None:
+            finals = np.full(self.num_envs, None, object)
+            for i, final in enumerate(info["final_obs"]):
+                if final is not None:
+                    finals[i] = self._observe(final, False)
+            info = {**info, "final_obs": finals}
+        return obs, reward, terminated, truncated, info
 
     @staticmethod
     def _spec_from(env: Any) -> ScanSpec:
@@ -321,6 +335,11 @@ def make_host_step(env: gymnasium.Env, autoreset: bool = False) -> Callable[[jax
     an ordered `io_callback`, so steps happen exactly once each and in program order. Dict action spaces get the
     flat [motor, steering] vector unflattened. With `autoreset`, a finished episode is reset inside the same call
     and the returned obs is the new episode's first one (the flags still report the end).
+
+    Who: code whose env loop is one jitted program (a `lax.scan` rollout such as `ppo.JaxEngine`'s or a gymnax-
+    style evaluation) and that should drive a host simulator without being rewritten as a Python loop. PPO on a
+    host env (`env.kind = "bullet"` / `"gymnasium"`) does not need it: `ppo.HostEngine` steps a whole vector env
+    per call from Python, cheaper than one callback per env step.
     """
     obs_struct = _space_struct(env.observation_space)
     result = (

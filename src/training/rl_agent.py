@@ -84,35 +84,33 @@ def _vector_env(cfg: RLConfig, num_envs: int, seed_offset: int = 0) -> Any:
             kwargs["track"] = e.track
     else:
         env_id = cfg.env.id
-    return gymnasium.make_vec(
+    env = gymnasium.make_vec(
         env_id,
         num_envs=num_envs,
         vectorization_mode="sync",
         vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.SAME_STEP},
         **kwargs,
     )
+    if cfg.env.kind == "bullet":
+        # Contract-1 samples (final observations included) on the BEV grid of `[model.bev]`, which a
+        # fine-tuning run has checked against its encoder's; flat [motor, steering] actions
+        return gym_wrapper.ContractObsVectorWrapper(env, cfg.model.modalities, cfg.model.bev)
+    return env
 
 
-def _contract_fn(cfg: RLConfig) -> tuple[Callable, Callable]:
-    """(obs_fn, action_fn) mapping racecar_gym observations to the agent's Contract-1 input and back (the BEV
-    grid of `[model.bev]`, which a fine-tuning run has checked against its encoder's)."""
-
-    def obs_fn(env_obs: dict) -> dict:
-        sample, valid = gym_wrapper.contract_obs(env_obs, cfg.model.modalities, cfg.model.bev)
-        sample.pop("timestamp")
-        return {**sample, "valid": valid}
-
-    return obs_fn, gym_wrapper.unflatten_action
+def _agent_input(sample: dict) -> dict:
+    """A Contract-1 sample as the agent takes it: the modalities and their valid flags, no timestamp."""
+    return {k: v for k, v in sample.items() if k != "timestamp"}
 
 
 def host_bundle(cfg: RLConfig) -> EnvBundle:
     """gymnasium (array observations, MLP agent) or our PyBullet env (Contract-1 observations)."""
     probe = _vector_env(cfg, 1)
     if cfg.env.kind == "bullet":
-        obs_fn, action_fn = _contract_fn(cfg)
+        obs_fn, action_fn = _agent_input, (lambda a: a)  # the wrapper maps observations and actions
         action_dim, info_keys = 2, RACING_INFO
-        dt = float(probe.get_attr("sim_config")[0].control_dt)
-        track = probe.get_attr("track")[0]
+        dt = float(probe.unwrapped.get_attr("sim_config")[0].control_dt)
+        track = probe.unwrapped.get_attr("track")[0]
     else:
         obs_fn, action_fn = (lambda o: np.asarray(o, np.float32)), (lambda a: a)
         action_dim, info_keys, dt, track = int(np.prod(probe.single_action_space.shape)), (), 0.0, None
