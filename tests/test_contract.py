@@ -3,6 +3,7 @@ with exported encoders; imported encoders' inputs never re-normalised; runs that
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from src.envs import gym_wrapper
 from src.envs import jax_racecar as sim
 from src.envs.bullet_racecar import RacecarSim, SimConfig
 from src.envs.tracks import Track, get_track
-from src.training import ppo, rl_agent, two_stage
+from src.training import ppo, rl_agent, run_dir, two_stage
 from src.training.agent import RaceformerAgent
 from src.training.checkpoint import Checkpointer, check_encoder_fits, check_encoder_record, export_encoder
 from tests.test_ppo import point_env
@@ -274,11 +275,14 @@ def _gps_point_bundle() -> rl_agent.EnvBundle:
 
 
 def test_resuming_on_another_encoder_is_an_error(tmp_path):
+    """The issue's case: the pretraining run is redone and re-exports to the same path, so the fine-tuning config
+    is unchanged; resuming would overwrite the new encoder with the old checkpoint's. Importing from another path
+    (or none) changes the config, which the run directory refuses to resume too."""
     model = dataclasses.replace(TINY, modalities={"gps": ModalityConfig((5,))})
     gps_a = export_encoder(RaceformerAgent(model, rngs=nnx.Rngs(0)).model, tmp_path / "gps_a", model)
     gps_b = export_encoder(RaceformerAgent(model, rngs=nnx.Rngs(1)).model, tmp_path / "gps_b", model)
     cfg = dataclasses.replace(_finetune_cfg(tmp_path, gps_a, "variant"), model=model)
-    out = rl_agent.run_dir(cfg)
+    out = run_dir.run_path(cfg)
     record = check_encoder_record(out, gps_a, resuming=False)
     assert json.loads((out / "encoder.json").read_text()) == record and len(record["sha256"]) == 64
     assert check_encoder_record(out, gps_a, resuming=True) == record  # the same encoder resumes
@@ -286,10 +290,14 @@ def test_resuming_on_another_encoder_is_an_error(tmp_path):
     ckpt.save(1, {"x": jnp.zeros(2)}, force=True)
     ckpt.close()
     config.save(cfg, out / "config.toml")
-    for other in (gps_b, None):  # another encoder, or none (from scratch)
+    for other in (gps_b, None):  # another path, or none (from scratch): the config differs
         moved = config.replace(cfg, finetune={"pretrained_ckpt": str(other) if other else ""})
-        with pytest.raises(contract.ContractError, match=r"run\.resume=false") as err:
+        with pytest.raises(config.ConfigError, match=r"finetune\.pretrained_ckpt[\s\S]*run\.resume=false"):
             rl_agent.train(moved, bundle=_gps_point_bundle(), progress=False)
-        assert str(gps_a) in str(err.value)
+    shutil.rmtree(gps_a)  # re-exported to the same path: same config, other weights
+    shutil.copytree(gps_b, gps_a)
+    with pytest.raises(contract.ContractError, match=r"run\.resume=false") as err:
+        rl_agent.train(cfg, bundle=_gps_point_bundle(), progress=False)
+    assert str(gps_a) in str(err.value)
     assert json.loads((out / "encoder.json").read_text()) == record  # nothing of the run was rewritten
     assert config.load(RLConfig, out / "config.toml") == cfg
