@@ -62,7 +62,7 @@ def tiny_cmht_run(tmp_path_factory):
         "embed_dim": 32, "depth": 1, "fusion_depth": 1, "num_heads": 2, "patch_size": 8, "decoder_dim": 32,
         "decoder_depth": 1, "decoder_heads": 2,
         "modalities": {"lidar": ModalityConfig((32, 32, 4)), "rgb": ModalityConfig((32, 32, 3)),
-                       "gps": ModalityConfig((4,))},
+                       "gps": ModalityConfig((5,))},
     }
     cfg = config.replace(
         cfg,

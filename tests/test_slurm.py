@@ -57,7 +57,7 @@ def tiny_cfg(tmp: Path, name: str, data_root: Path, steps: int, batch_size: int 
         model={
             "embed_dim": 32, "depth": 1, "fusion_depth": 1, "num_heads": 2, "patch_size": 8, "decoder_dim": 32,
             "decoder_depth": 1, "decoder_heads": 2,
-            "modalities": {"lidar": ModalityConfig((32, 32, 4)), "gps": ModalityConfig((4,))},
+            "modalities": {"lidar": ModalityConfig((32, 32, 4)), "gps": ModalityConfig((5,))},
         },
         data={"source": "cmht", "root": str(data_root), "num_workers": 0, "prefetch": 0},
         training={"steps": steps, "batch_size": batch_size, "warmup_steps": 5, "log_every": 1,
