@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from src.config import ModalityConfig
-from src.data.transforms import BevGrid
+from src import contract
+from src.config import BevConfig, ModalityConfig
 from src.envs import jax_racecar as jr
 from src.envs.gym_wrapper import ScanSpec, contract_obs, contract_obs_jax
 from src.envs.tracks import Track
@@ -48,14 +48,13 @@ def test_lidar_sees_the_left_wall_at_plus_90_degrees():
     np.testing.assert_allclose(ranges[[135, 45]], np.sqrt(2) * np.array([LEFT, RIGHT]), atol=1e-4)
 
 
-GRID = BevGrid(
-    x_range=(-12.8, 12.8), y_range=(-12.8, 12.8), z_range=(-1.0, 1.0), height=64, width=64, intensity_max=1.0
-)
+BEV = BevConfig(x_range=(-12.8, 12.8), y_range=(-12.8, 12.8), z_range=(-1.0, 1.0))
+GRID = contract.bev_grid(BEV, (64, 64, 4))
 
 
 @pytest.mark.parametrize("path", ["numpy", "jax"])
 def test_a_return_at_plus_90_degrees_lands_at_positive_y_in_the_bev(path):
-    spec = ScanSpec(rays=5, fov=np.pi, max_range=15.0, height=0.1)  # beams at -90, -45, 0, 45, 90 deg
+    spec = ScanSpec(rays=5, fov=np.pi, max_range=15.0)  # beams at -90, -45, 0, 45, 90 deg
     obs = {
         "pose": np.zeros(6, np.float32),
         "velocity": np.zeros(6, np.float32),
@@ -65,9 +64,9 @@ def test_a_return_at_plus_90_degrees_lands_at_positive_y_in_the_bev(path):
     }
     modalities = {"lidar": ModalityConfig(shape=(64, 64, 4))}
     if path == "numpy":
-        sample, _ = contract_obs(obs, modalities, GRID, spec)
+        sample, _ = contract_obs(obs, modalities, BEV, spec)
     else:
-        sample, _ = jax.jit(lambda o: contract_obs_jax(o, modalities, GRID, spec))(obs)
+        sample, _ = jax.jit(lambda o: contract_obs_jax(o, modalities, BEV, spec))(obs)
     occupied = np.argwhere(np.asarray(sample["lidar"])[..., 0] > 0)
     # point (0, +5): row floor((12.8 - 0) / 0.4) = 32, column floor((12.8 - 5) / 0.4) = 19
     np.testing.assert_array_equal(occupied, [[32, 19]])
