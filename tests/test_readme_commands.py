@@ -32,7 +32,7 @@ def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
 
 def tiny_rl(out: Path) -> list[str]:
     return sets(f"run.out_dir={out}", "env.num_envs=2", "ppo.total_env_steps=16", "ppo.num_steps=8",
-                "ppo.num_minibatches=2", "ppo.update_epochs=1", "eval.every=1", "eval.episodes=2",
+                "ppo.num_minibatches=2", "ppo.update_epochs=1", "eval.every=1", "eval.episodes=2", "eval.start_positions=2",
                 "eval.max_steps=12", "eval.gif_frame_every=4")
 
 
