@@ -12,6 +12,7 @@ from src import config
 from src.terrain import dataset
 from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_loss
 from src.training import terrain
+from src.training.run_dir import run_path
 
 
 def test_triplet_margin_loss_matches_hand_computation():
@@ -81,7 +82,7 @@ def trained(tmp_path_factory):
 
 def test_extract_writes_a_store_that_loads_back(trained):
     cfg, ps, *_ = trained
-    back = dataset.load(terrain.run_dir(cfg) / "patches")
+    back = dataset.load(run_path(cfg) / "patches")
     np.testing.assert_array_equal(back.patches, ps.patches)
     assert back.categories == ["smooth", "ridged", "checker"] == back.holdout_categories
     assert (ps.category >= 0).any() and (ps.holdout >= 0).any() and not ((ps.category >= 0) & (ps.holdout >= 0)).any()
@@ -100,7 +101,7 @@ def test_tiny_run_separates_textures_and_learns_the_ordering(trained):
     # two orderings given (smooth < ridged < checker); smooth < checker is only implied
     assert set(result["pairwise_accuracy"]) == {"smooth<ridged", "ridged<checker", "smooth<checker"}
     assert min(result["pairwise_accuracy"].values()) >= 0.95
-    assert (terrain.run_dir(cfg) / "pca.png").stat().st_size > 1000
+    assert (run_path(cfg) / "pca.png").stat().st_size > 1000
 
 
 def test_vicreg_view_pairs_train(trained, tmp_path):

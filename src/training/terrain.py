@@ -39,6 +39,7 @@ from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_
 from src.training.checkpoint import Checkpointer
 from src.training.logging import MetricLogger
 from src.training.objectives import l2_normalize
+from src.training.run_dir import run_path
 
 # --------------------------------------------------------------------------------------------- config
 
@@ -110,10 +111,6 @@ class TerrainConfig:
     represent: RepresentConfig = dataclasses.field(default_factory=RepresentConfig)
     cost: CostConfig = dataclasses.field(default_factory=CostConfig)
     eval: TerrainEvalConfig = dataclasses.field(default_factory=TerrainEvalConfig)
-
-
-def run_dir(cfg: TerrainConfig) -> Path:
-    return Path(cfg.run.out_dir) / cfg.run.name
 
 
 def spec_path(cfg: TerrainConfig, which: str) -> Path:
@@ -212,7 +209,7 @@ def extract(cfg: TerrainConfig) -> dataset.PatchSet:
     if both:
         raise spec.SpecError(f"{spec_path(cfg, 'holdout')}: {both} patches lie in both the train and held-out ranges")
     ps = ps.with_categories(category, train_spec.names, held, holdout_spec.names)
-    dataset.save(ps, run_dir(cfg) / "patches", {"scan": dataclasses.asdict(cfg.scan), "kind": cfg.source.kind})
+    dataset.save(ps, run_path(cfg) / "patches", {"scan": dataclasses.asdict(cfg.scan), "kind": cfg.source.kind})
     return ps
 
 
@@ -355,7 +352,7 @@ def represent(cfg: TerrainConfig, ps: dataset.PatchSet) -> tuple[PatchEncoder, l
         representation_step(rc.objective, rc.margin, rc.vicreg_sim, rc.vicreg_std, rc.vicreg_cov),
         lambda s: ds[s],
         rc.steps,
-        run_dir(cfg) / "represent",
+        run_path(cfg) / "represent",
         checkpoint_every=rc.checkpoint_every,
         keep=rc.keep_checkpoints,
         log_every=rc.log_every,
@@ -366,7 +363,7 @@ def represent(cfg: TerrainConfig, ps: dataset.PatchSet) -> tuple[PatchEncoder, l
 
 def trained_encoder(cfg: TerrainConfig, ps: dataset.PatchSet) -> PatchEncoder:
     model = make_encoder(cfg, ps.patches.shape[-1])
-    restore_model(model, encoder_optimizer(cfg, model), run_dir(cfg) / "represent")
+    restore_model(model, encoder_optimizer(cfg, model), run_path(cfg) / "represent")
     return model
 
 
@@ -430,7 +427,7 @@ def train_cost(cfg: TerrainConfig, ps: dataset.PatchSet, z: np.ndarray, train_sp
         cost_step(cc.margin),
         _cost_batches(z, ps.category, ps.categories, train_spec.orderings, cc.batch, cfg.run.seed),
         cc.steps,
-        run_dir(cfg) / "cost",
+        run_path(cfg) / "cost",
         checkpoint_every=cc.checkpoint_every,
         keep=1,
         log_every=cc.log_every,
@@ -511,7 +508,7 @@ def evaluate(cfg: TerrainConfig, ps: dataset.PatchSet, encoder: PatchEncoder, he
     y_query = np.array([names[c] for c in ps.holdout[query]])
     keep = np.isin(y_query, shared)
     nn = nn_accuracy(embed(encoder, ps.patches[ref]), y_ref, embed(encoder, ps.patches[query[keep]]), y_query[keep])
-    out = run_dir(cfg)
+    out = run_path(cfg)
     pca_plot(z_held, [names[c] for c in ps.holdout[held]], out / "pca.png", "held-out patches (PCA)")
     result = {
         "pairwise_accuracy": pair_acc,
@@ -529,7 +526,7 @@ def evaluate(cfg: TerrainConfig, ps: dataset.PatchSet, encoder: PatchEncoder, he
 
 
 def _store(cfg: TerrainConfig) -> dataset.PatchSet:
-    return dataset.load(run_dir(cfg) / "patches")
+    return dataset.load(run_path(cfg) / "patches")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -538,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     config.add_config_args(parser)
     args = parser.parse_args(argv)
     cfg = config.load_from_args(TerrainConfig, args)
-    out = run_dir(cfg)
+    out = run_path(cfg)
     config.save(cfg, out / f"config_{args.command}.toml")
     if args.command == "extract":
         ps = extract(cfg)
