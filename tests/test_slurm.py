@@ -116,7 +116,7 @@ def wait_done(jobs: dict[str, str], logs: dict[str, Path], timeout: float) -> di
         return wait_for(finished, timeout, f"jobs {jobs}", poll=1.0)
     except AssertionError:
         subprocess.run(["scancel", *jobs.values()])
-        tails = "\n".join(f"--- {k}:\n{logs[k].read_text()[-2000:] if logs[k].exists() else ''}" for k in jobs)
+        tails = "\n".join(f"--- {k}:\n{logs[k].read_bytes().decode("utf-8", errors="replace")[-2000:] if logs[k].exists() else ''}" for k in jobs)
         raise AssertionError(f"jobs did not finish in {timeout:.0f} s:\n{tails}") from None
 
 
@@ -220,7 +220,7 @@ def test_time_limit_requeues_until_the_last_step(tmp_path):
         "whole": submit(tiny_cfg(tmp_path, "whole", data_root, steps), logs["whole"]),
     }
     infos = wait_done(ids, logs, 1500)
-    log = logs["limited"].read_text()
+    log = logs["limited"].read_bytes().decode("utf-8", errors="replace")
     assert infos["limited"]["JobState"] == "COMPLETED", log[-3000:]
     runs = int(infos["limited"]["Restarts"]) + 1
     assert runs >= 2 and "TIME LIMIT" not in log, log[-3000:]
