@@ -116,7 +116,7 @@ def wait_done(jobs: dict[str, str], logs: dict[str, Path], timeout: float) -> di
         return wait_for(finished, timeout, f"jobs {jobs}", poll=1.0)
     except AssertionError:
         subprocess.run(["scancel", *jobs.values()])
-        tails = "\n".join(f"--- {k}:\n{logs[k].read_bytes().decode("utf-8", errors="replace")[-2000:] if logs[k].exists() else ''}" for k in jobs)
+        tails = "\n".join(f"--- {k}:\n{logs[k].read_bytes().decode('utf-8', errors='replace')[-2000:] if logs[k].exists() else ''}" for k in jobs)
         raise AssertionError(f"jobs did not finish in {timeout:.0f} s:\n{tails}") from None
 
 
