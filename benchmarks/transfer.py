@@ -47,16 +47,19 @@ def main() -> None:
     t0 = time.perf_counter()
     runner, _ = batch.run_iteration(runner)
     compile_vmapped = time.perf_counter() - t0
+    print(f"vmapped: first iteration {compile_vmapped:.0f} s", flush=True)
     t0 = time.perf_counter()
     for _ in range(args.iterations):
         runner, _ = batch.run_iteration(runner)
     jax.block_until_ready(runner)
     vmapped = args.seeds * args.iterations * per_iteration / (time.perf_counter() - t0)
+    print(f"vmapped: {vmapped:.0f} env steps/s", flush=True)
 
     runners = [engine.init(t, k) for t, k in zip(trains, keys)]
     t0 = time.perf_counter()
     runners[0], _ = engine.run_iteration(runners[0])
     compile_single = time.perf_counter() - t0
+    print(f"single: first iteration {compile_single:.0f} s", flush=True)
     t0 = time.perf_counter()
     for i in range(args.seeds):
         for _ in range(args.iterations):

@@ -609,8 +609,12 @@ class SeedBatch:
 
     def __init__(self, engine: JaxEngine):
         self.engine = engine
-        self.iteration = jax.jit(jax.vmap(engine._iteration), donate_argnums=0)
-        self._reset = jax.jit(jax.vmap(engine._reset))
+        # inputs and outputs replicated on the engine's mesh: the runner an iteration returns is placed as the
+        # one it took, so the next call reuses the compiled program (the seed axis is not sharded)
+        self.iteration = jax.jit(
+            jax.vmap(engine._iteration), donate_argnums=0, out_shardings=engine.replicated
+        )
+        self._reset = jax.jit(jax.vmap(engine._reset), out_shardings=engine.replicated)
 
     def init(self, trains: list[TrainState], keys: list[jax.Array]) -> Runner:
         """The runners `engine.init` builds for each seed alone (the same reset per key), stacked on a leading
@@ -619,7 +623,7 @@ class SeedBatch:
         obs, env_state = self._reset(jnp.stack(keys))
         episode = EpisodeStats(jnp.zeros((s, n), jnp.float32), jnp.zeros((s, n), jnp.int32))
         train = jax.tree.map(lambda *xs: jnp.stack(xs), *trains)
-        return Runner(train, env_state, obs, jnp.zeros((s, n)), episode)
+        return jax.device_put(Runner(train, env_state, obs, jnp.zeros((s, n)), episode), self.engine.replicated)
 
     @staticmethod
     def seed(runner: Runner, s: int) -> Runner:
