@@ -12,6 +12,10 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
 def _schema_for(path: Path) -> type:
     """Pretraining configs have a [training] section; RL configs a [ppo] section."""
     text = path.read_text()
+    if path.name.startswith("transfer_"):
+        from src.training.transfer import TransferConfig
+
+        return TransferConfig
     if "[ppo]" in text:
         return config.RLConfig
     if path.name.startswith("terrain_"):

@@ -19,7 +19,7 @@ from src.envs import gym_wrapper
 from src.envs import jax_racecar as sim
 from src.envs.bullet_racecar import RacecarSim, SimConfig
 from src.envs.tracks import Track, get_track
-from src.training import ppo, rl_agent, run_dir, two_stage
+from src.training import ppo, rl_agent, run_dir, transfer
 from src.training.agent import RaceformerAgent
 from src.training.checkpoint import Checkpointer, check_encoder_fits, check_encoder_record, export_encoder
 from tests.test_ppo import point_env
@@ -87,14 +87,17 @@ def test_cmht_path_and_simulator_path_rasterise_the_same_walls(scene, tmp_path):
 
 
 def test_pretraining_bev_settings_reach_the_simulator(scene):
-    """two_stage gives every variant the pretraining [model], so its [model.bev] shapes the simulator's BEV."""
+    """The transfer experiment gives its pretraining runs and every variant one [model], so the pretraining
+    [model.bev] shapes the simulator's BEV."""
     obs, _, params = scene
-    finetune = config.load(RLConfig, None, ["env.lidar_rays=360"])
+    base = config.load(transfer.TransferConfig, None, ["env.lidar_rays=360"])
     pre = dataclasses.replace(ModelConfig(), modalities={"lidar": ModalityConfig(LIDAR)}, bev=BEV)
     bevs = []
     for x_range in (BEV.x_range, (-4.8, 14.4)):  # change one setting
         model = dataclasses.replace(pre, bev=dataclasses.replace(BEV, x_range=x_range))
-        cfg = two_stage.variant_config(finetune, "frozen", None, model)
+        experiment = config.replace(base, model=model)
+        assert transfer.pretrain_config(experiment, "cmht").model.bev == model.bev
+        cfg = transfer.rl_config(experiment, "frozen", "", True)
         got = np.asarray(jax.jit(rl_agent.contract_obs_fn(cfg, params))(obs)["lidar"])
         assert got.shape == LIDAR
         np.testing.assert_array_equal(got, _sim_bev(obs, params, model.bev))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._commands import REPO, run_python, sets, tiny_pretrain
+from tests._commands import REPO, TINY_MODEL, run_python, sets, tiny_pretrain
 
 
 def readme_commands(readme: Path = REPO / "README.md") -> list[str]:
@@ -41,6 +41,18 @@ def tiny_terrain(out: Path) -> list[str]:
                 "represent.steps=4", "represent.checkpoint_every=2", "cost.steps=4", "eval.pairs=50")
 
 
+def tiny_transfer(data_root: Path, out: Path) -> list[str]:
+    return sets(f"run.out_dir={out}", *TINY_MODEL, "model.modalities.lidar.shape=[16, 16, 4]",
+                "model.modalities.rgb.shape=[16, 16, 3]", "transfer.seeds=2", "transfer.budgets=[0.5, 1.0]",
+                'transfer.train_tracks=["procedural:1", "procedural:2"]', 'transfer.eval_tracks=["procedural:101"]',
+                "env.num_envs=4", "env.lidar_rays=32", "ppo.total_env_steps=64", "ppo.num_steps=8",
+                "ppo.num_minibatches=2", "ppo.update_epochs=1", "eval.episodes=2", "eval.start_positions=2",
+                "eval.max_steps=16", "pretrain.training.steps=2", "pretrain.training.batch_size=4",
+                "pretrain.training.warmup_steps=1", "pretrain.training.checkpoint_every=2",
+                f"pretrain.cmht.root={data_root}", "pretrain.sim.episodes_per_track=2", "pretrain.sim.frames=4",
+                "pretrain.probe_samples=8")
+
+
 def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
     terrain = {f"-m src.training.terrain {stage} --config configs/terrain_topdown.toml": tiny_terrain(out)
                for stage in ("extract", "represent", "cost", "evaluate")}
@@ -49,11 +61,7 @@ def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
         "-m src.training.pretrainer --config configs/pretrain_cmht.toml": tiny_pretrain(data_root, out),
         "-m src.training.rl_agent --config configs/rl_racecar.toml": tiny_rl(out),
         "-m src.training.rl_agent --config configs/rl_racecar.toml --eval": tiny_rl(out),
-        "-m src.training.two_stage --pretrain configs/pretrain_cmht.toml --finetune configs/rl_racecar.toml "
-        "--frozen --finetuned --scratch": [
-            *[a.replace("--set", "--pretrain-set") for a in tiny_pretrain(data_root, out)],
-            *[a.replace("--set", "--finetune-set") for a in tiny_rl(out)],
-        ],
+        "-m src.training.transfer --config configs/transfer_racecar.toml": tiny_transfer(data_root, out),
     }
     if command not in tiny:
         pytest.fail(f"README command `python {command}` has no tiny form in tests/test_readme_commands.py: add one")
@@ -63,7 +71,7 @@ def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
 def test_every_readme_command_has_a_tiny_form(tmp_path):
     commands = readme_commands()
     assert "-m src.training.pretrainer --config configs/pretrain_cmht.toml" in commands
-    assert any(c.startswith("-m src.training.two_stage") for c in commands)
+    assert "-m src.training.transfer --config configs/transfer_racecar.toml" in commands
     for command in commands:
         assert tiny_args(command, tmp_path / "data", tmp_path / "runs")  # fails for a command without one
 

@@ -183,29 +183,6 @@ def test_gif_draws_walls_and_car(tmp_path):
     assert (rgb.max(1) < 90).any()  # a dark wall
 
 
-def test_two_stage_variants_set_pretrained_and_freezing(tmp_path):
-    from src.training import two_stage
-
-    base = _point_cfg(tmp_path, "race")
-    frozen = two_stage.variant_config(base, "frozen", tmp_path / "enc")
-    tuned = two_stage.variant_config(base, "finetuned", tmp_path / "enc")
-    scratch = two_stage.variant_config(base, "scratch", tmp_path / "enc")
-    assert (frozen.run.name, frozen.finetune.freeze_encoders, frozen.finetune.pretrained_ckpt) == (
-        "race_frozen",
-        True,
-        str(tmp_path / "enc"),
-    )
-    assert (tuned.finetune.freeze_encoders, tuned.finetune.pretrained_ckpt) == (False, str(tmp_path / "enc"))
-    assert (scratch.finetune.freeze_encoders, scratch.finetune.pretrained_ckpt) == (False, "")
-    assert frozen.ppo.agent == "raceformer"
-    shared = two_stage.variant_config(
-        base, "finetuned", tmp_path / "enc", dataclasses.replace(TINY_MODEL, action_dim=7)
-    )
-    assert shared.model == dataclasses.replace(TINY_MODEL, action_dim=base.model.action_dim)
-    with pytest.raises(ValueError, match="variant"):
-        two_stage.variant_config(base, "warm", None)
-
-
 @pytest.mark.slow
 def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
     """The JAX racing env end to end with a tiny Raceformer: one iteration, then `--eval` (lap figures, GIF)."""

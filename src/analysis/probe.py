@@ -183,7 +183,7 @@ def labelled_samples(cfg: PretrainConfig, max_samples: int = 256) -> tuple[dict[
     bool [N, 4], nearest distance [N]). Samples whose sweep has no label file are left out."""
     root = Path(cfg.data.root)
     sequences = {s.name: s for s in cmht.find_sequences(root, on_error=cfg.data.on_error)}
-    source = pipeline.CMHTDataSource(list(sequences.values()), cfg.data, cfg.model.modalities)
+    source = pipeline.CMHTDataSource(list(sequences.values()), cfg.data, cfg.model.modalities, cfg.model.bev)
     labelled = []
     for i in range(len(source)):
         s, row = source.records.locate(i)

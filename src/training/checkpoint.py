@@ -206,7 +206,7 @@ def check_encoder_fits(path: str | Path, model_cfg: ModelConfig) -> None:
     if problems:
         raise contract.ContractError(
             f"{path}: the exported encoder does not fit this run ({len(problems)} mismatch(es)); give the run the "
-            "encoder's [model] (two_stage does) or re-export it:\n  " + "\n  ".join(problems)
+            "encoder's [model] (src.training.transfer does) or re-export it:\n  " + "\n  ".join(problems)
         )
 
 

@@ -497,6 +497,10 @@ class JaxEnv(NamedTuple):
     step: Callable
     obs_fn: Callable = lambda obs: obs
     episode_info: tuple[str, ...] = ()
+    # Optional batched forms (keys [N] -> batch; keys [N], state [N], action [N] -> batch) for envs that are not
+    # one function vmapped over N, e.g. N envs split over several tracks; default: `reset` / `step` vmapped.
+    reset_batch: Callable | None = None
+    step_batch: Callable | None = None
 
 
 class Runner(NamedTuple):
@@ -524,7 +528,7 @@ class JaxEngine:
         self.iteration = jax.jit(self._iteration, donate_argnums=0)
 
     def _reset(self, key: jax.Array) -> tuple[Any, Any]:
-        obs, state = jax.vmap(self.env.reset)(jax.random.split(key, self.num_envs))
+        obs, state = (self.env.reset_batch or jax.vmap(self.env.reset))(jax.random.split(key, self.num_envs))
         return jax.vmap(self.env.obs_fn)(obs), state
 
     def init(self, train: TrainState, key: jax.Array) -> Runner:
@@ -541,7 +545,7 @@ class JaxEngine:
     def _env_step(self, key: jax.Array, env_state: Any, action: jax.Array) -> tuple:
         """vmapped step, then reset the envs whose episode ended; the final obs is returned separately."""
         keys = jax.random.split(key, self.num_envs + 1)
-        obs, env_state, reward, terminated, truncated, info = jax.vmap(self.env.step)(
+        obs, env_state, reward, terminated, truncated, info = (self.env.step_batch or jax.vmap(self.env.step))(
             keys[1:], env_state, action
         )
         final_obs = jax.vmap(self.env.obs_fn)(obs)
@@ -594,6 +598,52 @@ class JaxEngine:
         out = {k: float(v) for k, v in metrics.items()}
         out.update(summarize_episodes(*record[:3], record[3]))
         out["perf/sps"] = self.learner.cfg.num_steps * self.num_envs / (time.perf_counter() - t0)
+        return runner, out
+
+
+class SeedBatch:
+    """S seeds of one config as a vmap axis of `JaxEngine`'s jitted iteration (PureJaxRL style): the runners
+    of the seeds are stacked on a leading axis and one compiled function advances all of them, so S seeds cost
+    one program's dispatch and S-fold wider operations instead of S runs. Seed s of the batch computes what
+    the same seed computes alone (up to float reassociation in the wider ops)."""
+
+    def __init__(self, engine: JaxEngine):
+        self.engine = engine
+        # inputs and outputs replicated on the engine's mesh: the runner an iteration returns is placed as the
+        # one it took, so the next call reuses the compiled program (the seed axis is not sharded)
+        self.iteration = jax.jit(
+            jax.vmap(engine._iteration), donate_argnums=0, out_shardings=engine.replicated
+        )
+        self._reset = jax.jit(jax.vmap(engine._reset), out_shardings=engine.replicated)
+
+    def init(self, trains: list[TrainState], keys: list[jax.Array]) -> Runner:
+        """The runners `engine.init` builds for each seed alone (the same reset per key), stacked on a leading
+        seed axis; one compiled reset for all seeds."""
+        n, s = self.engine.num_envs, len(trains)
+        obs, env_state = self._reset(jnp.stack(keys))
+        episode = EpisodeStats(jnp.zeros((s, n), jnp.float32), jnp.zeros((s, n), jnp.int32))
+        train = jax.tree.map(lambda *xs: jnp.stack(xs), *trains)
+        return jax.device_put(Runner(train, env_state, obs, jnp.zeros((s, n)), episode), self.engine.replicated)
+
+    @staticmethod
+    def seed(runner: Runner, s: int) -> Runner:
+        return jax.tree.map(lambda x: x[s], runner)
+
+    def run_iteration(self, runner: Runner) -> tuple[Runner, list[dict[str, float]]]:
+        """One iteration of every seed; per seed the metrics `JaxEngine.run_iteration` reports."""
+        t0 = time.perf_counter()
+        runner, metrics = self.iteration(runner)
+        record = jax.device_get(metrics.pop("_record"))
+        metrics = jax.device_get(metrics)
+        n = jax.tree.leaves(runner.train.iteration)[0].shape[0]
+        sps = n * self.engine.learner.cfg.num_steps * self.engine.num_envs / (time.perf_counter() - t0)
+        out = []
+        for s in range(n):
+            m = {k: float(v[s]) for k, v in metrics.items()}
+            rec = jax.tree.map(lambda x, s=s: x[s], record)
+            m.update(summarize_episodes(*rec[:3], rec[3]))
+            m["perf/sps"] = sps
+            out.append(m)
         return runner, out
 
 
