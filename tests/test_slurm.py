@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from src import config
@@ -232,3 +233,68 @@ def test_time_limit_requeues_until_the_last_step(tmp_path):
     assert sorted(limited) == list(range(1, steps + 1))
     for step in range(1, steps + 1):
         assert limited[step] == pytest.approx(whole[step], abs=1e-6), (step, saved)
+
+
+def _transfer_cfg(tmp: Path, name: str):
+    """The transfer experiment at its smallest: two variants that need no pretraining, two seeds, one eval track."""
+    from src.training.transfer import TransferConfig
+
+    return config.from_dict(
+        TransferConfig,
+        {
+            "run": {"name": name, "out_dir": str(tmp / "runs"), "seed": 0},
+            "transfer": {"variants": ["scratch", "frozen_random"], "seeds": 2, "budgets": [0.5, 1.0],
+                         "train_tracks": ["procedural:1", "procedural:2"], "eval_tracks": ["procedural:101"]},
+            "model": {
+                "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0, "patch_size": 8, "fusion_depth": 1,
+                "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2, "projection_dim": 16,
+                "modalities": {"lidar": {"shape": [16, 16, 4]}, "gps": {"shape": [5]}, "imu": {"shape": [6]}},
+                "bev": {"x_range": [-6.4, 19.2], "y_range": [-12.8, 12.8]},
+            },
+            "env": {"num_envs": 4, "lidar_rays": 32, "time_limit": 10.0, "signed_progress": True,
+                    "terminate_on_collision": True, "reset_mode": "random"},
+            "ppo": {"total_env_steps": 64, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1,
+                    "norm_obs": True, "checkpoint_every": 0},
+            "eval": {"every": 0, "episodes": 2, "start_positions": 2, "max_steps": 16},
+        },
+    )
+
+
+@pytest.mark.slow  # six jobs that each start JAX and compile PPO: about 3 minutes on the 2-CPU node
+def test_transfer_job_array_gives_the_one_machine_report(tmp_path):
+    """scripts/slurm/transfer_array.sh with one seed per task: a pretraining job, an array of (variant, seed)
+    tasks, then the report job. Every task ran in its own process with its seed alone, yet the aggregated report
+    holds the same numbers as the one-machine command, which runs both seeds vmapped in one program."""
+    from src.training import transfer
+
+    cfg = _transfer_cfg(tmp_path / "array", "tiny")
+    path = config.save(cfg, tmp_path / "tiny.toml")
+    parts_file = tmp_path / "tiny.parts"
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "slurm" / "transfer_array.sh"), str(path), "1",
+         f"--output={tmp_path}/%x-%j.out", "--time=10"],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "PARTS_FILE": str(parts_file)},
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ids = dict(zip(("pretrain", "array", "report"), out.stdout.split()))
+    assert parts_file.read_text().split("\n") == [
+        "scratch 0-0", "scratch 1-1", "frozen_random 0-0", "frozen_random 1-1", ""]
+    # the one-machine command on the same config (another run directory) while the jobs run
+    alone = _transfer_cfg(tmp_path / "one", "tiny")
+    transfer.run(alone, transfer.variant_names(alone), (0, 1))
+    infos = wait_done(ids, {k: tmp_path / f"raceformer-transfer-{j}.out" for k, j in ids.items()}, 1500)
+    logs = "\n".join(f.read_text(errors="replace")[-1500:] for f in sorted(tmp_path.glob("*.out")))
+    assert {k: v["JobState"] for k, v in infos.items()} == dict.fromkeys(ids, "COMPLETED"), logs
+    array_parts = {(p["record"]["variant"], tuple(p["record"]["seeds"])): p for p in transfer.existing_parts(cfg)}
+    assert sorted(array_parts) == [("frozen_random", (0,)), ("frozen_random", (1,)), ("scratch", (0,)),
+                                   ("scratch", (1,))]
+    one = {p["record"]["variant"]: p for p in transfer.existing_parts(alone)}
+    for (variant, (seed,)), part in array_parts.items():
+        for key, value in part["arrays"].items():
+            np.testing.assert_allclose(value[0], one[variant]["arrays"][key][seed], rtol=1e-3, atol=1e-3,
+                                       err_msg=f"{variant} seed {seed} {key}")
+    summary = json.loads((transfer.run_path(cfg) / "report" / "summary.json").read_text())
+    assert summary["seeds"] == {"scratch": [0, 1], "frozen_random": [0, 1]}
+    assert summary["frozen_encoder_unchanged"] == {"frozen_random": True}
+    assert "IQM" in (transfer.run_path(cfg) / "report" / "report.md").read_text()

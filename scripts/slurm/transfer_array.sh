@@ -9,8 +9,9 @@
 #
 # CONFIG defaults to configs/transfer_racecar.toml, SEEDS_PER_TASK to 5 (the seeds of a task run as a vmap axis
 # in one process, so fewer, wider tasks cost less than many narrow ones). The parts list is written to
-# runs/transfer-array-<time>.parts; the logs go to runs/slurm-raceformer-transfer-<job>_<task>.out. Prints the
-# three job ids (pretrain, array, report), one per line. Run from the repository root.
+# runs/transfer-array-<time>.parts (or PARTS_FILE); the logs go to runs/slurm-raceformer-transfer-<job>.out and,
+# for the array, runs/slurm-raceformer-transfer-<array job>_<task>.out (sbatch options given here, such as
+# --output, override these). Prints the three job ids (pretrain, array, report), one per line.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -19,7 +20,7 @@ per_task="${2:-5}"
 shift $(( $# < 2 ? $# : 2 ))
 script=scripts/slurm/transfer.sbatch
 mkdir -p runs
-parts="runs/transfer-array-$(date -u +%Y%m%dT%H%M%S)-$$.parts"
+parts="${PARTS_FILE:-runs/transfer-array-$(date -u +%Y%m%dT%H%M%S)-$$.parts}"
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of arguments
 uv run --frozen python -m src.training.transfer --config "$config" ${EXTRA_ARGS:-} --list-parts "$per_task" \
     >"$parts"
@@ -29,11 +30,11 @@ if [ "$count" -eq 0 ]; then
     exit 2
 fi
 export CONFIG="$config" PARTS_FILE="$parts" EXTRA_ARGS="${EXTRA_ARGS:-}"
-pretrain=$(STAGE=pretrain sbatch --parsable "$@" "$script")
+pretrain=$(STAGE=pretrain sbatch --parsable --output=runs/slurm-%x-%j.out "$@" "$script")
 pretrain="${pretrain%%;*}"
 array=$(STAGE=part sbatch --parsable --array="0-$(( count - 1 ))" --dependency="afterok:$pretrain" "$@" "$script")
 array="${array%%;*}"
-report=$(STAGE=report sbatch --parsable --dependency="afterok:$array" "$@" "$script")
+report=$(STAGE=report sbatch --parsable --output=runs/slurm-%x-%j.out --dependency="afterok:$array" "$@" "$script")
 report="${report%%;*}"
 echo "transfer_array.sh: $count parts in $parts; jobs: pretrain $pretrain, array $array (tasks 0-$(( count - 1 )))," \
     "report $report" >&2

@@ -1,7 +1,7 @@
 """The transfer experiment: does pretraining help the racing policy?
 
     python -m src.training.transfer --config configs/transfer_racecar.toml [--set k=v ...]
-        [--variants a,b] [--seeds 0-4] [--pretrain-only] [--report-only]
+        [--variants a,b] [--seeds 0-4] [--pretrain-only] [--report-only] [--no-report] [--list-parts K]
 
 For N seeds each, PPO trains the variants on the pure-JAX racing env:
   scratch                   the Raceformer trained from its random initialisation;
@@ -643,10 +643,26 @@ def report(cfg: TransferConfig, pretraining: dict[str, Any] | None = None) -> di
 # --------------------------------------------------------------------------------------------- the command
 
 
+def array_parts(cfg: TransferConfig, seeds_per_part: int) -> list[tuple[str, str]]:
+    """The experiment cut into (variant, seed range) parts of at most `seeds_per_part` seeds: one SLURM array task
+    each (`scripts/slurm/transfer_array.sh`), in the `--variants` / `--seeds` forms the command takes."""
+    if seeds_per_part < 1:
+        raise ValueError(f"--list-parts {seeds_per_part}: the number of seeds per part must be at least 1")
+    n = cfg.transfer.seeds
+    groups = [(lo, min(lo + seeds_per_part, n) - 1) for lo in range(0, n, seeds_per_part)]
+    return [(v, f"{lo}-{hi}") for v in variant_names(cfg) for lo, hi in groups]
+
+
 def run(
-    cfg: TransferConfig, variants: tuple[str, ...], seeds: tuple[int, ...], *, pretrain_only: bool = False
+    cfg: TransferConfig,
+    variants: tuple[str, ...],
+    seeds: tuple[int, ...],
+    *,
+    pretrain_only: bool = False,
+    write_report: bool = True,
 ) -> dict[str, Any] | None:
-    """Pretrain what the chosen variants need, run every (variant, seed group) not done yet, report."""
+    """Pretrain what the chosen variants need, run every (variant, seed group) not done yet, report (unless a
+    SLURM array task, which leaves the report to the aggregation job)."""
     processes.prepare_process()
     out = run_path(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -677,7 +693,7 @@ def run(
         part = run_part(cfg, v, todo, encoders, env, evals, engines, example)
         path = write_part(part_path(cfg, v, todo), part)
         print(f"[{v}] seeds {list(todo)}: {part['record']['wall_s']:.0f} s -> {path}", flush=True)
-    return report(cfg, figures or None)
+    return report(cfg, figures or None) if write_report else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -687,14 +703,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="seed indices: 0-4 or 0,2,5 (default: all transfer.seeds)")
     parser.add_argument("--pretrain-only", action="store_true", help="only pretrain (and probe) the sources")
     parser.add_argument("--report-only", action="store_true", help="aggregate the parts present into the report")
+    parser.add_argument("--no-report", action="store_true", help="run the parts only (a SLURM array task)")
+    parser.add_argument("--list-parts", type=int, metavar="K", default=None,
+                        help="print one '<variant> <seeds>' line per part of at most K seeds, and exit")
     args = parser.parse_args(argv)
     cfg = config.load_from_args(TransferConfig, args)
     try:
+        if args.list_parts is not None:
+            print("\n".join(f"{v} {seeds}" for v, seeds in array_parts(cfg, args.list_parts)))
+            return 0
         if args.report_only:
             result = report(cfg)
         else:
             result = run(cfg, select_variants(cfg, args.variants), select_seeds(cfg, args.seeds),
-                         pretrain_only=args.pretrain_only)
+                         pretrain_only=args.pretrain_only, write_report=not args.no_report)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     if result is not None:
