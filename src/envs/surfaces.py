@@ -7,7 +7,8 @@ y, column = x). It comes from a layer PNG beside a map (`<map stem>_surface.png`
 8-bit palette or grey, pixel value = class id, 4 (or anything) off the corridor) or is generated from a seed:
 the lap is cut into sections `section_m` long; road sections are asphalt with kerbs (`kerb_m`) along both walls
 and a run-off strip (`runoff_m`, grass or gravel) between kerb and wall, and between two road sections lies an
-off-road section whose whole width is grass or gravel (alternating), so that every surface is driven on any line.
+off-road section whose whole width is grass or gravel (alternating), so that every surface is driven on any line
+(`offroad=False`: road sections only, so that a driver can keep to the asphalt).
 
 Dynamics: each class scales the tyres' friction coefficient (`grip`: the lateral force limit and, through the
 friction circle, the longitudinal acceleration limit min(max_accel, grip * mu * g)) and adds rolling resistance
@@ -54,6 +55,7 @@ class SurfaceConfig:
     section_m: tuple[float, float] = (6.0, 12.0)  # section lengths, uniform in this range
     runoff_m: float = 0.35
     kerb_m: float = 0.3
+    offroad: bool = True  # all-grass / all-gravel sections between road sections; False: every section is road
     grip: tuple[float, float, float, float] = (1.0, 0.85, 0.5, 0.6)
     rolling: tuple[float, float, float, float] = (0.015, 0.04, 0.35, 0.15)
     ground_image: bool = False  # observation "ground_image"
@@ -110,7 +112,7 @@ def generate_layout(
     first = int(rng.integers(2))
     off_kind = np.array([(GRAVEL, GRASS)[(first + k // 2) % 2] for k in range(n)])  # alternates off-road
     runoff_kind = rng.choice([GRAVEL, GRASS], n)
-    road = (np.arange(n) % 2 == 0)[section]
+    road = ((np.arange(n) % 2 == 0) | (not cfg.offroad))[section]
     ids = np.where(
         dist < cfg.runoff_m, runoff_kind[section], np.where(dist < cfg.runoff_m + cfg.kerb_m, KERB, ASPHALT)
     )
