@@ -197,3 +197,14 @@ def test_bad_layer_png_is_named(tmp_path):
     Image.fromarray(np.full((h, w), 7, np.uint8)).save(bad)
     with pytest.raises(ValueError, match=r"bad.png: value 7 at pixel"):
         sf.read_layer(bad, SPIELBERG, dist, np.array([0.0, 0.0]), 0.05)
+
+
+def test_road_patches_cover_only_asphalt():
+    rows, cols = np.mgrid[0:60, 0:400]
+    dist = 1.5 - np.abs(rows - 29.5) * 0.05  # a straight 3 m corridor along x, 0.05 m cells
+    progress = cols / 400.0
+    base = sf.generate_layout(sf.SurfaceConfig(offroad=False), dist, progress, 20.0, 0.05)
+    patched = sf.generate_layout(sf.SurfaceConfig(offroad=False, road_patches=6), dist, progress, 20.0, 0.05)
+    changed = base != patched
+    assert changed.sum() > 6 * np.pi * (0.3 / 0.05) ** 2 * 0.5  # six discs of radius >= 0.3 m, mostly on asphalt
+    assert (base[changed] == sf.ASPHALT).all() and set(np.unique(patched[changed])) <= {sf.GRAVEL, sf.GRASS}

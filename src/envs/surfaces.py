@@ -56,6 +56,8 @@ class SurfaceConfig:
     runoff_m: float = 0.35
     kerb_m: float = 0.3
     offroad: bool = True  # all-grass / all-gravel sections between road sections; False: every section is road
+    road_patches: int = 0  # grass / gravel discs (radius in patch_radius_m) laid on the asphalt, per lap
+    patch_radius_m: tuple[float, float] = (0.3, 0.5)
     grip: tuple[float, float, float, float] = (1.0, 0.85, 0.5, 0.6)
     rolling: tuple[float, float, float, float] = (0.015, 0.04, 0.35, 0.15)
     ground_image: bool = False  # observation "ground_image"
@@ -100,10 +102,12 @@ class TerrainParams:
 
 
 def generate_layout(
-    cfg: SurfaceConfig, dist: np.ndarray, progress: np.ndarray, track_length: float
+    cfg: SurfaceConfig, dist: np.ndarray, progress: np.ndarray, track_length: float, res: float
 ) -> np.ndarray:
     """int32 [H, W] class ids from the seed (module docstring); `dist` signed distance to the walls (m, + on the
-    track) and `progress` lap fraction of the nearest centreline point, per cell."""
+    track) and `progress` lap fraction of the nearest centreline point, per `res` m cell. `road_patches` discs of
+    grass or gravel, centred on random asphalt cells, then cover the asphalt they overlap (obstacles a driver can
+    steer around)."""
     rng = np.random.default_rng(cfg.seed)
     n = 2 * max(1, round(track_length / (2 * np.mean(cfg.section_m))))  # even: road and off-road alternate
     ends = np.cumsum(rng.uniform(*cfg.section_m, n))
@@ -117,7 +121,16 @@ def generate_layout(
         dist < cfg.runoff_m, runoff_kind[section], np.where(dist < cfg.runoff_m + cfg.kerb_m, KERB, ASPHALT)
     )
     ids = np.where(road, ids, off_kind[section])
-    return np.where(dist < 0, BARRIER, ids).astype(np.int32)
+    ids = np.where(dist < 0, BARRIER, ids).astype(np.int32)
+    asphalt = np.argwhere(ids == ASPHALT)
+    for _ in range(cfg.road_patches if len(asphalt) else 0):
+        r, c = asphalt[rng.integers(len(asphalt))]
+        radius = rng.uniform(*cfg.patch_radius_m) / res
+        k = int(np.ceil(radius))
+        rows, cols = np.ogrid[max(r - k, 0) : r + k + 1, max(c - k, 0) : c + k + 1]
+        disc = ((rows - r) ** 2 + (cols - c) ** 2 <= radius**2) & (ids[rows, cols] == ASPHALT)
+        ids[rows, cols] = np.where(disc, rng.choice([GRAVEL, GRASS]), ids[rows, cols])
+    return ids
 
 
 def layer_path(track_source: str | Path | None, cfg: SurfaceConfig) -> Path | None:
@@ -201,7 +214,7 @@ def build(
             )
         surface = read_layer(png, Path(track_source), dist, origin, res)
     else:
-        surface = generate_layout(cfg, dist, progress, track_length)
+        surface = generate_layout(cfg, dist, progress, track_length, res)
     return TerrainParams(
         surface=jnp.asarray(surface, jnp.int32),
         origin=jnp.asarray(origin, jnp.float32),

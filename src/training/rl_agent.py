@@ -180,7 +180,11 @@ def env_settings(cfg: RLConfig) -> dict[str, Any]:
         "collision_reward": e.collision_reward,
         "terminate_on_collision": e.terminate_on_collision,
         "reset_mode": e.reset_mode,
-        "terrain": SurfaceConfig(seed=e.surface_seed, offroad=e.surface_offroad) if e.surfaces else None,
+        "terrain": (
+            SurfaceConfig(seed=e.surface_seed, offroad=e.surface_offroad, road_patches=e.surface_patches)
+            if e.surfaces
+            else None
+        ),
     }
 
 

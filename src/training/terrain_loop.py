@@ -72,24 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight", type=float, default=0.05, help="lambda: the reward adds -lambda * cost")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--surface-seed", type=int, default=2)
+    parser.add_argument("--surface-patches", type=int, default=0, help="grass / gravel discs on the asphalt per lap")
     args = parser.parse_args(argv)
     if len(args.seeds) < 1 or args.weight <= 0:
         parser.error("--seeds needs at least one seed and --weight must be > 0")
     base = config.load_from_args(RLConfig, args)
     if base.env.kind != "jax_racecar":
         raise config.ConfigError("the terrain loop runs on env.kind = 'jax_racecar'")
-    out = Path(base.run.out_dir) / f"{base.run.name}_terrain_loop"
+    out = Path(base.run.out_dir) / f"{base.run.name}_terrain_loop_p{args.surface_patches}"
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {"without cost": [], f"with cost (λ = {args.weight:g})": []}
     for seed in args.seeds:
         for label, weight in zip(results, (0.0, args.weight)):
             cfg = config.replace(
                 base,
-                run={"name": f"{base.run.name}_terrain_w{weight:g}_s{seed}", "seed": seed},
+                run={"name": f"{base.run.name}_terrain_p{args.surface_patches}_w{weight:g}_s{seed}", "seed": seed},
                 env={
                     "surfaces": True,
                     "surface_seed": args.surface_seed,
                     "surface_offroad": False,
+                    "surface_patches": args.surface_patches,
                     "terrain_cost_run": args.terrain_run,
                     "terrain_cost_weight": weight,
                 },
