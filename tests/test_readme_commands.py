@@ -55,6 +55,9 @@ def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
         **terrain,
         "-m src.training.pretrainer --config configs/pretrain_cmht.toml": tiny_pretrain(data_root, out),
         "-m src.training.rl_agent --config configs/rl_racecar.toml": tiny_rl(out),
+        "-m src.training.terrain_loop --config configs/rl_racecar.toml --terrain-run runs/terrain_sim "
+        "--surface-patches 30 --seeds 0 1 2 --set ppo.total_env_steps=150000 --set eval.every=0": [
+            *tiny_rl(out), "--terrain-run", str(out / "terrain_sim"), "--seeds", "0"],
         "-m src.training.rl_agent --config configs/rl_racecar.toml --eval": tiny_rl(out),
         "-m src.training.two_stage --pretrain configs/pretrain_cmht.toml --finetune configs/rl_racecar.toml "
         "--frozen --finetuned --scratch": [

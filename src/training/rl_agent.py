@@ -70,9 +70,10 @@ def _vector_env(cfg: RLConfig, num_envs: int, seed_offset: int = 0) -> Any:
         kwargs["max_episode_steps"] = cfg.env.max_episode_steps
     if cfg.env.kind == "bullet":
         e = cfg.env
-        if e.signed_progress or e.reset_mode != "grid":
+        if e.signed_progress or e.reset_mode != "grid" or e.surfaces or e.terrain_cost_weight:
             raise config.ConfigError(
-                "env.signed_progress / env.reset_mode are options of the jax_racecar env only"
+                "env.signed_progress / env.reset_mode / env.surfaces / env.terrain_cost_weight are options of the "
+                "jax_racecar env only"
             )
         env_id = "raceformer/BulletRace-v0"  # registered by importing src.envs
         kwargs.update(
