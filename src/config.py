@@ -220,6 +220,13 @@ class EnvConfig:
     collision_reward: float = 0.0
     terminate_on_collision: bool = False
     reset_mode: Literal["grid", "random"] = "grid"  # training starts (jax_racecar); evaluation uses "grid"
+    # jax_racecar ground surfaces (src/envs/surfaces.py) and a learned terrain cost in the reward (issue 13)
+    surfaces: bool = False
+    surface_seed: int = 0
+    surface_offroad: bool = True  # all-grass / all-gravel sections between road sections (False: road only)
+    surface_patches: int = 0  # grass / gravel discs on the asphalt per lap (obstacles to steer around)
+    terrain_cost_run: str = ""  # a terrain run dir (src.training.terrain on source.kind = "sim")
+    terrain_cost_weight: float = 0.0  # the reward adds -weight * the run's learned cost of the patch under the car
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,13 +53,23 @@ def tiny_transfer(data_root: Path, out: Path) -> list[str]:
                 "pretrain.probe_samples=8")
 
 
+def tiny_terrain_sim(out: Path) -> list[str]:
+    return sets(f"run.out_dir={out}", f"source.root={out / 'terrain_sim_data'}", "sim.steps=800", "sim.record_every=5",
+                "sim.ground_size=[48, 32]", "sim.ground_px_per_m=20.0", "scan.patch_px=6", "scan.max_path_m=1.0",
+                "represent.steps=4", "represent.checkpoint_every=2", "cost.steps=4", "eval.pairs=50")
+
+
 def tiny_args(command: str, data_root: Path, out: Path) -> list[str]:
-    terrain = {f"-m src.training.terrain {stage} --config configs/terrain_topdown.toml": tiny_terrain(out)
-               for stage in ("extract", "represent", "cost", "evaluate")}
+    terrain = {f"-m src.training.terrain {stage} --config configs/terrain_{kind}.toml": tiny(out)
+               for stage in ("extract", "represent", "cost", "evaluate")
+               for kind, tiny in (("topdown", tiny_terrain), ("sim", tiny_terrain_sim))}
     tiny = {
         **terrain,
         "-m src.training.pretrainer --config configs/pretrain_cmht.toml": tiny_pretrain(data_root, out),
         "-m src.training.rl_agent --config configs/rl_racecar.toml": tiny_rl(out),
+        "-m src.training.terrain_loop --config configs/rl_racecar.toml --terrain-run runs/terrain_sim "
+        "--surface-patches 30 --seeds 0 1 2 --set ppo.total_env_steps=150000 --set eval.every=0": [
+            *tiny_rl(out), "--terrain-run", str(out / "terrain_sim"), "--seeds", "0"],
         "-m src.training.rl_agent --config configs/rl_racecar.toml --eval": tiny_rl(out),
         "-m src.training.transfer --config configs/transfer_racecar.toml": tiny_transfer(data_root, out),
     }

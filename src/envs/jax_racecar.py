@@ -49,6 +49,7 @@ from flax import struct
 from scipy import ndimage
 
 from src import contract
+from src.envs import surfaces
 from src.envs.tracks import Track, check_track, get_track, loop_segments, point_segment_distance
 
 Obs = dict[str, jax.Array]
@@ -122,6 +123,8 @@ class EnvParams:
     reset_mode: str = struct.field(pytree_node=False, default="grid")  # "grid" (start line) | "random"
     auto_reset: bool = struct.field(pytree_node=False, default=False)
     final_obs: bool = struct.field(pytree_node=False, default=False)
+    # ground surfaces (src/envs/surfaces.py): grip, rolling resistance, camera floor, ground image; None = off
+    terrain: surfaces.TerrainParams | None = None
 
     @property
     def control_dt(self) -> float:
@@ -278,14 +281,20 @@ def _oriented_walls(track: Track) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 
 def make_params(
-    track: Track | str = "default", *, grid_resolution: float = 0.05, **settings: Any
+    track: Track | str = "default",
+    *,
+    grid_resolution: float = 0.05,
+    terrain: surfaces.SurfaceConfig | None = None,
+    **settings: Any,
 ) -> EnvParams:
     """EnvParams for `track` (a `Track`, bundled name or map path); `settings` override static fields.
 
     The track is validated first (`check_track`: a clear error naming the track and the problem, e.g. offset
     walls that fold over at a hairpin tighter than the track's half-width). Walls are the track's two wall
     loops (a map's traced from its image, otherwise offset from the centreline), as segments oriented with
-    the track on their left, which the polar-sweep `cast_rays` relies on."""
+    the track on their left, which the polar-sweep `cast_rays` relies on. `terrain` lays surfaces on the
+    track (`surfaces.build`: a map's layer PNG or the seed); None leaves them off."""
+    source = None if isinstance(track, Track) else track
     if not isinstance(track, Track):
         track = get_track(track)
     static = {f.name for f in dataclasses.fields(EnvParams) if not f.metadata.get("pytree_node", True)}
@@ -320,7 +329,7 @@ def make_params(
         settings.update(zip(unset, depths))
 
     f32 = jnp.float32
-    return EnvParams(
+    params = EnvParams(
         walls=jnp.asarray(walls, f32),
         wall_next=jnp.asarray(wall_next, jnp.int32),
         wall_side=jnp.asarray(wall_side, jnp.int32),
@@ -335,6 +344,11 @@ def make_params(
         track_length=float(track.length),
         grid_resolution=res,
         **settings,
+    )
+    if terrain is None:
+        return params
+    return params.replace(
+        terrain=surfaces.build(terrain, float(track.length), dist, progress_grid, lo, res, source)
     )
 
 
@@ -540,6 +554,15 @@ def _physics_step(params: EnvParams, s: EnvState, motor: jax.Array, steering: ja
     target = jnp.clip(steering * p.max_steer, -p.max_steer, p.max_steer)
     steer = s.steer + jnp.clip(target - s.steer, -p.max_steer_rate * dt, p.max_steer_rate * dt)
     accel = jnp.clip(p.speed_gain * (motor * p.max_speed - s.vx), -p.max_accel, p.max_accel)
+    mu_f = mu_r = p.mu
+    if p.terrain is not None:  # the surface under each axle: tyre friction and rolling resistance
+        axis = jnp.stack([jnp.cos(s.yaw), jnp.sin(s.yaw)])
+        cg = jnp.stack([s.x, s.y])
+        grip_f, grip_r, rolling = surfaces.axle_forces(p.terrain, cg + p.lf * axis, cg - p.lr * axis)
+        mu_f, mu_r = p.mu * grip_f, p.mu * grip_r
+        limit = jnp.minimum(p.max_accel, 0.5 * (mu_f + mu_r) * surfaces.G)  # the friction circle's length
+        accel = jnp.clip(p.speed_gain * (motor * p.max_speed - s.vx), -limit, limit)
+        accel = accel - rolling * surfaces.G * jnp.clip(s.vx / 0.05, -1.0, 1.0)  # against the motion
 
     # kinematic bicycle (velocity state at the CG)
     vx_k = s.vx + accel * dt
@@ -552,8 +575,8 @@ def _physics_step(params: EnvParams, s: EnvState, motor: jax.Array, steering: ja
     vx_safe = jnp.maximum(s.vx, 0.1)
     alpha_f = steer - jnp.arctan2(s.vy + p.lf * s.omega, vx_safe)
     alpha_r = -jnp.arctan2(s.vy - p.lr * s.omega, vx_safe)
-    fy_f = jnp.clip(p.mu * p.cornering_stiffness * fz_f * alpha_f, -p.mu * fz_f, p.mu * fz_f)
-    fy_r = jnp.clip(p.mu * p.cornering_stiffness * fz_r * alpha_r, -p.mu * fz_r, p.mu * fz_r)
+    fy_f = jnp.clip(mu_f * p.cornering_stiffness * fz_f * alpha_f, -mu_f * fz_f, mu_f * fz_f)
+    fy_r = jnp.clip(mu_r * p.cornering_stiffness * fz_r * alpha_r, -mu_r * fz_r, mu_r * fz_r)
     vx_d = s.vx + (accel + s.omega * s.vy - fy_f * jnp.sin(steer) / p.mass) * dt
     vy_d = s.vy + ((fy_r + fy_f * jnp.cos(steer)) / p.mass - s.omega * s.vx) * dt
     omega_d = s.omega + (p.lf * fy_f * jnp.cos(steer) - p.lr * fy_r) / p.iz * dt
@@ -635,7 +658,21 @@ def camera(params: EnvParams, state: EnvState) -> jax.Array:
     floor_rgb = np.asarray(FLOOR)[None] / (1.0 + 0.15 * floor_dist[:, None])  # [H, 3]
     background = np.where((elev >= 0)[:, None], np.asarray(SKY)[None], floor_rgb)  # [H, 3]
     img = jnp.where(is_wall[..., None], wall_rgb[None], jnp.asarray(background, jnp.float32)[:, None])
+    if params.terrain is not None:  # the surfaces' texture where each floor pixel's ray meets the ground
+        floor = ~is_wall & (elev < 0)[:, None]
+        img = jnp.where(floor[..., None], _floor_texture(params, state, fan, floor_dist), img)
     return jnp.clip(jnp.round(img), 0, 255).astype(jnp.uint8)
+
+
+def _floor_texture(params: EnvParams, state: EnvState, fan: Fan, floor_dist: np.ndarray) -> jax.Array:
+    """[H, W, 3] surface colours where each camera pixel's ray meets the ground (`floor_dist` along the optical
+    axis per row), dimmed with distance like the flat floor."""
+    ahead = np.minimum(floor_dist, 2 * params.lidar_range)[:, None]  # rows at or above the horizon: unused
+    across = ahead * np.tan(fan.angles()[::-1])[None, :]  # image columns left to right: the fan reversed
+    origin = _sensor_origin(params, state, params.camera_offset)
+    c, sn = jnp.cos(state.yaw), jnp.sin(state.yaw)
+    xy = jnp.stack([origin[0] + c * ahead - sn * across, origin[1] + sn * ahead + c * across], -1)
+    return surfaces.texture(params.terrain, xy) / (1.0 + 0.15 * ahead[..., None])
 
 
 def imu(state: EnvState, accel: jax.Array) -> jax.Array:
@@ -660,6 +697,10 @@ def observe(params: EnvParams, state: EnvState, accel: jax.Array, key: jax.Array
     }
     if params.camera:
         obs["rgb_camera"] = camera(params, state)
+    if params.terrain is not None and params.terrain.ground_image:
+        obs["ground_image"] = surfaces.ground_image(
+            params.terrain, _pose(params, state)[jnp.array([0, 1, 5])]
+        )
     obs["time"] = state.time[None]
     return obs
 

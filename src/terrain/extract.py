@@ -139,7 +139,7 @@ def _wrap(a: np.ndarray) -> np.ndarray:
     return (a + np.pi) % (2 * np.pi) - np.pi
 
 
-def _patch_offsets(geom: GroundGeometry, scan: ScanConfig) -> tuple[np.ndarray, np.ndarray]:
+def patch_offsets(geom: GroundGeometry, scan: ScanConfig) -> tuple[np.ndarray, np.ndarray]:
     """(forward [P, 1], left [1, P]) metres of each patch pixel centre from the patch centre, robot frame at j."""
     p = scan.patch_px
     m = (scan.patch_m / p) if scan.patch_m > 0 else 1.0 / geom.px_per_m
@@ -171,7 +171,7 @@ def inside_image(
 ) -> np.ndarray:
     """bool [K]: the patch's four corner samples lie inside the image (a square: then all its samples do)."""
     _, h, w, _ = traj.images.shape
-    f, left = _patch_offsets(geom, scan)
+    f, left = patch_offsets(geom, scan)
     row, col = _sample_coords(traj, view, loc, geom, f[[0, -1]], left[:, [0, -1]])
     ok = (row >= 0) & (row <= h - 1) & (col >= 0) & (col <= w - 1)
     return ok.reshape(len(view), -1).all(axis=1)
@@ -182,7 +182,7 @@ def sample_patches(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear patches [K, P, P, C] uint8 of locations `loc` seen from frames `view`, and fully-in-view [K]."""
     _, h, w, _ = traj.images.shape
-    row, col = _sample_coords(traj, view, loc, geom, *_patch_offsets(geom, scan))
+    row, col = _sample_coords(traj, view, loc, geom, *patch_offsets(geom, scan))
     r0, c0 = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
     ar, ac = (row - r0).astype(np.float32), (col - c0).astype(np.float32)
     frame = view[:, None, None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -31,6 +32,7 @@ from src import config, processes
 from src.config import RLConfig
 from src.contract import ContractError
 from src.envs import gym_wrapper, gymnax_adapter, jax_racecar
+from src.envs.surfaces import SurfaceConfig
 from src.envs.tracks import get_track
 from src.training import ppo, run_dir
 from src.training.agent import (
@@ -68,9 +70,10 @@ def _vector_env(cfg: RLConfig, num_envs: int, seed_offset: int = 0) -> Any:
         kwargs["max_episode_steps"] = cfg.env.max_episode_steps
     if cfg.env.kind == "bullet":
         e = cfg.env
-        if e.signed_progress or e.reset_mode != "grid":
+        if e.signed_progress or e.reset_mode != "grid" or e.surfaces or e.terrain_cost_weight:
             raise config.ConfigError(
-                "env.signed_progress / env.reset_mode are options of the jax_racecar env only"
+                "env.signed_progress / env.reset_mode / env.surfaces / env.terrain_cost_weight are options of the "
+                "jax_racecar env only"
             )
         env_id = "raceformer/BulletRace-v0"  # registered by importing src.envs
         kwargs.update(
@@ -178,6 +181,11 @@ def env_settings(cfg: RLConfig) -> dict[str, Any]:
         "collision_reward": e.collision_reward,
         "terminate_on_collision": e.terminate_on_collision,
         "reset_mode": e.reset_mode,
+        "terrain": (
+            SurfaceConfig(seed=e.surface_seed, offroad=e.surface_offroad, road_patches=e.surface_patches)
+            if e.surfaces
+            else None
+        ),
     }
 
 
@@ -199,13 +207,34 @@ def racing_env(cfg: RLConfig) -> tuple[ppo.JaxEnv, Any]:
     mapped to Contract 1 inside jit."""
     params = jax_racecar.make_params(cfg.env.track or "default", **env_settings(cfg))
     obs_fn = contract_obs_fn(cfg, params)
+    step = functools.partial(jax_racecar.step, params=params)
+    if cfg.env.terrain_cost_weight:
+        step = terrain_cost_step(cfg, params)
     env = ppo.JaxEnv(
         reset=lambda key: jax_racecar.reset(key, params),
-        step=lambda key, state, action: jax_racecar.step(key, state, action, params),
+        step=step,
         obs_fn=obs_fn,
         episode_info=RACING_INFO,
     )
     return env, params
+
+
+def terrain_cost_step(cfg: RLConfig, params: Any) -> Callable:
+    """`step(key, state, action)` whose reward adds -terrain_cost_weight * the learned cost (`env.terrain_cost_run`)
+    of the patch under the car in its own top-down ground image at the step's end (never the true surface)."""
+    from src.training.terrain import ground_cost_fn
+
+    if params.terrain is None or not cfg.env.terrain_cost_run:
+        raise config.ConfigError("env.terrain_cost_weight needs env.surfaces = true and env.terrain_cost_run")
+    cost_of = ground_cost_fn(cfg.env.terrain_cost_run, params.terrain)
+    weight = cfg.env.terrain_cost_weight
+
+    def step(key: jax.Array, state: Any, action: jax.Array):
+        obs, state, reward, terminated, truncated, info = jax_racecar.step(key, state, action, params)
+        cost = cost_of(info["pose"][jnp.array([0, 1, 5])])
+        return obs, state, reward - weight * cost, terminated, truncated, {**info, "terrain_cost": cost}
+
+    return step
 
 
 def eval_starts(cfg: RLConfig, episodes: int) -> np.ndarray:

@@ -8,7 +8,11 @@ Writes under runs/<run.name>/:
     represent  represent/ckpt (Orbax: encoder, optimizer; resumes), represent/metrics.jsonl
     cost       cost/ckpt (the cost head on the frozen encoder), cost/metrics.jsonl
     evaluate   evaluation.json (pairwise ordering accuracy per ordered held-out category pair, nearest-neighbour
-               category accuracy of the embedding), pca.png (held-out embeddings coloured by category)
+               category accuracy of the embedding), pca.png (held-out embeddings coloured by category); for `sim`
+               data also cost_map.png (the learned cost over the held-out track next to its true surfaces)
+
+Source kinds: `topdown` episode folders, `cmht` sequences, or `sim`: top-down episodes that `extract` records
+from the JAX racing env with its surfaces (`src.terrain.sim`, settings in [sim]) when source.root does not exist.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from flax import nnx
 from src import config, contract
 from src.config import BevConfig, RunConfig
 from src.data import cmht
-from src.terrain import dataset, sources, spec
-from src.terrain.extract import ScanConfig, extract_patches
+from src.terrain import dataset, sim, sources, spec
+from src.terrain.extract import GroundGeometry, ScanConfig, extract_patches
 from src.terrain.models import CostHead, PatchEncoder
 from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_loss
 from src.training.checkpoint import Checkpointer
@@ -52,7 +56,7 @@ class TerrainSourceConfig:
     `channels` of `transforms.lidar_bev`. `synthesize_if_missing` writes a demo set (and its specs) at `root`.
     """
 
-    kind: Literal["topdown", "cmht"] = "topdown"
+    kind: Literal["topdown", "cmht", "sim"] = "topdown"
     root: str = "data/terrain_demo"
     synthesize_if_missing: bool = True
     synthetic_frames: int = 300
@@ -111,6 +115,7 @@ class TerrainConfig:
     represent: RepresentConfig = dataclasses.field(default_factory=RepresentConfig)
     cost: CostConfig = dataclasses.field(default_factory=CostConfig)
     eval: TerrainEvalConfig = dataclasses.field(default_factory=TerrainEvalConfig)
+    sim: sim.SimRecordConfig = dataclasses.field(default_factory=sim.SimRecordConfig)
 
 
 def spec_path(cfg: TerrainConfig, which: str) -> Path:
@@ -127,6 +132,11 @@ def _synthesize(cfg: TerrainConfig, root: Path) -> None:
 
     src = cfg.source
     print(f"source.root={root} does not exist: writing a synthetic {src.kind} demo set there", file=sys.stderr)
+    if src.kind == "sim":
+        summary = sim.record(cfg.sim, root, _patch_side(cfg.scan, cfg.sim.ground_px_per_m))
+        for ep in summary["episodes"]:
+            print(f"  {ep['episode']} ({ep['split']}): {ep['frames_per_surface']}", file=sys.stderr)
+        return
     if src.kind == "topdown":
         stripe_m, speed, dt = 4.0, 1.0, 0.1
         for k in range(2):
@@ -168,9 +178,13 @@ def _synthesize(cfg: TerrainConfig, root: Path) -> None:
         spec_path(cfg, which).write_text(json.dumps(data, indent=2))
 
 
+def _patch_side(scan: ScanConfig, px_per_m: float) -> float:
+    return scan.patch_m if scan.patch_m > 0 else scan.patch_px / px_per_m
+
+
 def trajectory_folders(cfg: TerrainConfig) -> list[Path]:
     root = Path(cfg.source.root)
-    if cfg.source.kind == "topdown":
+    if cfg.source.kind in ("topdown", "sim"):
         return sorted(p.parent for p in root.rglob("poses.csv"))
     return [s.path for s in cmht.find_sequences(root)]
 
@@ -192,7 +206,7 @@ def extract(cfg: TerrainConfig) -> dataset.PatchSet:
     grid = contract.bev_grid(BevConfig(x_range=(-half, half), y_range=(-half, half)), (cells, cells, 4))
     extractions, times = [], []
     for folder in folders:
-        if cfg.source.kind == "topdown":
+        if cfg.source.kind in ("topdown", "sim"):
             traj, geom = sources.read_topdown_episode(folder)
         else:
             traj = sources.cmht_trajectory(
@@ -510,6 +524,7 @@ def evaluate(cfg: TerrainConfig, ps: dataset.PatchSet, encoder: PatchEncoder, he
     nn = nn_accuracy(embed(encoder, ps.patches[ref]), y_ref, embed(encoder, ps.patches[query[keep]]), y_query[keep])
     out = run_path(cfg)
     pca_plot(z_held, [names[c] for c in ps.holdout[held]], out / "pca.png", "held-out patches (PCA)")
+    cost_map = sim_cost_map(cfg, encoder, head, truth, out / "cost_map.png") if cfg.source.kind == "sim" else None
     result = {
         "pairwise_accuracy": pair_acc,
         "pairwise_accuracy_mean": float(np.mean(list(pair_acc.values()))) if pair_acc else None,
@@ -517,9 +532,81 @@ def evaluate(cfg: TerrainConfig, ps: dataset.PatchSet, encoder: PatchEncoder, he
         "nn_chance": 1.0 / max(len(shared), 1),
         "heldout_patches": int(held.sum()),
         "mean_cost": {n: float(cost[ps.holdout[held] == k].mean()) for k, n in enumerate(names)},
+        **({"cost_map": cost_map} if cost_map else {}),
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def sim_cost_map(
+    cfg: TerrainConfig, encoder: PatchEncoder, head: CostHead, truth: dict[tuple[str, str], int], path: Path
+) -> dict[str, Any]:
+    """The learned cost of patches tiling the held-out episode's whole track (`sim.map_patches`), drawn next to
+    the true surfaces; returns the mean cost per surface and the pairwise ordering accuracy over tile pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from src.envs import surfaces
+
+    episode = len(cfg.sim.tracks) - 1
+    params = sim.env_params(cfg.sim, episode)
+    ppm, r0, c0 = surfaces.ground_geometry(params.terrain)
+    patches, tiles, cls, shape = sim.map_patches(params, GroundGeometry(ppm, r0, c0), cfg.scan)
+    cost = np.asarray(nnx.jit(lambda h, z: h(z))(head, jnp.asarray(embed(encoder, patches))))
+    names = list(surfaces.NAMES)
+    acc = pairwise_accuracy(cost, cls, names, truth, cfg.eval.pairs, cfg.run.seed)
+    grid = np.full(shape, np.nan)
+    grid[tiles[:, 0], tiles[:, 1]] = cost
+    colours = np.full((*shape, 3), 1.0)
+    colours[tiles[:, 0], tiles[:, 1]] = np.asarray(surfaces.PALETTE, float)[cls] / 255.0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    axes[0].imshow(colours, origin="lower")
+    handles = [Patch(color=np.asarray(surfaces.PALETTE[k]) / 255, label=n) for k, n in enumerate(names)]
+    axes[0].legend(handles=handles, loc="center")
+    axes[0].set_title(f"true surfaces ({cfg.sim.tracks[episode]}, surface seed {cfg.sim.surface_seed + episode})")
+    im = axes[1].imshow(grid, origin="lower", cmap="viridis")
+    fig.colorbar(im, ax=axes[1], label="learned cost")
+    axes[1].set_title("learned cost of each tile")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return {
+        "tiles": len(cls),
+        "mean_cost": {n: float(cost[cls == k].mean()) for k, n in enumerate(names) if (cls == k).any()},
+        "pairwise_accuracy": acc,
+    }
+
+
+def ground_cost_fn(run: str | Path, terrain: Any) -> Callable[[jax.Array], jax.Array]:
+    """cost(pose) of a trained sim terrain run (`run`: its run dir): the car's own top-down ground image on
+    `terrain` (a `surfaces.TerrainParams`), rendered at the run's scale, one patch (`scan.patch_px`) centred on
+    the rear axle at pose (x, y, yaw), through the frozen encoder and cost head. jit/vmap-able."""
+    from src.envs import surfaces
+
+    run = Path(run)
+    cfg = config.load(TerrainConfig, run / "config_cost.toml")
+    if cfg.source.kind != "sim" or cfg.scan.patch_m > 0:
+        raise config.ConfigError(f"{run}: a terrain cost for the racing env needs a sim run with scan.patch_m = 0")
+    p, ppm = cfg.scan.patch_px, cfg.sim.ground_px_per_m
+    ground = terrain.replace(
+        ground_size=(p, p), ground_px_per_m=ppm, ground_behind_m=(p - 1) / 2 / ppm, ground_blur=cfg.sim.ground_blur
+    )
+    encoder = make_encoder(cfg, 3)
+    restore_model(encoder, encoder_optimizer(cfg, encoder), run / "represent")
+    head = make_cost_head(cfg)
+    restore_model(head, cost_optimizer(cfg, head), run / "cost")
+    graphdef, state = nnx.split((encoder, head))
+
+    def cost(pose: jax.Array) -> jax.Array:
+        enc, hd = nnx.merge(graphdef, state)
+        return hd(l2_normalize(enc(surfaces.ground_image(ground, pose)[None])))[0]
+
+    return cost
 
 
 # --------------------------------------------------------------------------------------------- CLI
