@@ -16,6 +16,7 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from src import config  # noqa: E402
 from src.training import pretrainer, sharding  # noqa: E402
@@ -34,13 +35,42 @@ def losses(cfg, devices) -> tuple[list[float], int]:
     return out, split
 
 
+def terrain_losses() -> dict[str, list[float]]:
+    """Three triplet steps of the terrain encoder, data parallel over 8 devices and on one; and the error for a
+    batch that does not split over the devices."""
+    import numpy as np
+
+    from src.training import terrain
+
+    rng = np.random.default_rng(0)
+    batch = {k: rng.integers(0, 255, (16, 12, 12, 3), dtype=np.uint8) for k in ("anchor", "positive", "negative")}
+    out = {}
+    for name, data in (("one", 1), ("eight", 8)):
+        cfg = config.from_dict(terrain.TerrainConfig, {"scan": {"patch_px": 12}, "represent": {"embed_dim": 8},
+                                                       "mesh": {"data": data}})
+        model = terrain.make_encoder(cfg, 3)
+        optimizer = terrain.encoder_optimizer(cfg, model)
+        mesh, place = terrain.data_parallel(cfg, 16, "represent.batch", jax.devices()[:data])
+        step = terrain.representation_step("triplet", 1.0, 25.0, 25.0, 1.0)
+        out[name] = terrain.train_loop(model, optimizer, step, lambda s, place=place: place(batch), 3,
+                                       Path(sys.argv[1]) / f"terrain_{name}", checkpoint_every=100, keep=1,
+                                       log_every=1, resume=False, mesh=mesh)
+        out[f"{name}_devices"] = len(place(batch)["anchor"].sharding.device_set)
+        out[f"{name}_param_devices"] = len(jax.tree.leaves(nnx.state(model))[0].sharding.device_set)
+    try:
+        terrain.data_parallel(cfg, 12, "represent.batch")
+    except config.ConfigError as e:
+        out["error"] = str(e)
+    return out
+
+
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     base = tiny_config(Path(sys.argv[1]), modalities=("lidar", "gps"))
     one, _ = losses(config.replace(base, mesh={"data": 1, "fsdp": 1}), jax.devices()[:1])
     fsdp = config.replace(base, mesh={"data": 4, "fsdp": 2, "param_sharding": "fsdp"})
     eight, split = losses(fsdp, jax.devices())
-    figures = {"one": one, "eight": eight, "fsdp_split_params": split}
+    figures = {"one": one, "eight": eight, "fsdp_split_params": split, "terrain": terrain_losses()}
     if "--reshard" in sys.argv:
         # A run checkpointed on the FSDP mesh and resumed on a replicated 8 x 1 mesh (Orbax reshards on restore).
         first = pretrainer.train(config.replace(fsdp, run={"name": "reshard"}), data_fn=tiny_data_fn(),

@@ -103,6 +103,15 @@ def test_eight_devices_fsdp_match_one_device(subprocess_runs):
     assert figures["one"][2] < figures["one"][0]  # the steps did train
 
 
+def test_terrain_training_is_data_parallel_over_eight_devices(subprocess_runs):
+    _, results = subprocess_runs
+    t = json.loads(results["eight"].strip().splitlines()[-1])["terrain"]
+    assert t["eight_devices"] == t["eight_param_devices"] == 8 and t["one_devices"] == t["one_param_devices"] == 1
+    np.testing.assert_allclose(t["eight"], t["one"], rtol=0, atol=1e-5)
+    assert t["one"][2] < t["one"][0]
+    assert t["error"] == "represent.batch = 12 is not divisible by the 8 devices of the mesh"
+
+
 def test_two_processes_train_identically(subprocess_runs):
     out, _ = subprocess_runs
     a, b = (json.loads((out / f"process_{i}.json").read_text()) for i in range(2))

@@ -120,3 +120,34 @@ def test_checkpoint_resume_gives_the_same_losses(trained, tmp_path):
     _, rest = terrain.represent(config.replace(part, represent={"steps": 4}), ps)
     assert len(first) == 2 and len(rest) == 2
     np.testing.assert_allclose(first + rest, uninterrupted, rtol=1e-6)
+
+
+def _vit_cfg(**represent):
+    return config.from_dict(terrain.TerrainConfig, {
+        "scan": {"patch_px": 12},
+        "represent": {"encoder": "vit", "embed_dim": 8, "vit_patch": 4, "vit_dim": 16, "vit_depth": 1,
+                      "vit_heads": 2, **represent},
+    })
+
+
+def test_the_vit_encoder_embeds_patches_and_its_triplet_loss_falls():
+    """represent.encoder = "vit": the pretrainer's ModalityViT on 12x12 patches (9 tokens of 4x4 pixels)."""
+    cfg = _vit_cfg()
+    model = terrain.make_encoder(cfg, 3)
+    assert model.vit.num_patches == 9
+    rng = np.random.default_rng(0)
+    # two "terrains": dark noise and bright noise; anchor/positive from one, negative from the other
+    dark = lambda n: rng.integers(0, 80, (n, 12, 12, 3), dtype=np.uint8)  # noqa: E731
+    bright = lambda n: rng.integers(170, 255, (n, 12, 12, 3), dtype=np.uint8)  # noqa: E731
+    batch = {"anchor": np.concatenate([dark(8), bright(8)]), "positive": np.concatenate([dark(8), bright(8)]),
+             "negative": np.concatenate([bright(8), dark(8)])}
+    assert model(jnp.asarray(batch["anchor"])).shape == (16, 8)
+    step = terrain.representation_step("triplet", 1.0, 25.0, 25.0, 1.0)
+    optimizer = terrain.encoder_optimizer(cfg, model)
+    losses = [float(step(model, optimizer, batch)) for _ in range(20)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_a_vit_patch_that_does_not_divide_the_patch_is_named():
+    with pytest.raises(config.ConfigError, match=r"represent.vit_patch = 5 does not divide scan.patch_px = 12"):
+        terrain.make_encoder(_vit_cfg(vit_patch=5), 3)

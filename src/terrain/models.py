@@ -1,10 +1,13 @@
-"""Flax NNX models for terrain patches: a small conv encoder and the cost head on its (frozen) embedding."""
+"""Flax NNX models for terrain patches: a small conv encoder or the project's ViT, and the cost head on the
+(frozen) embedding."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from src.models.encoders import ModalityViT
 
 
 class PatchEncoder(nnx.Module):
@@ -27,6 +30,34 @@ class PatchEncoder(nnx.Module):
         for conv, norm in zip(self.convs, self.norms):
             x = nnx.gelu(norm(conv(x)))
         return self.out(x.mean(axis=(1, 2)))
+
+
+class PatchViT(nnx.Module):
+    """The pretrainer's `ModalityViT` on a patch: uint8 [B, P, P, C] -> tokens -> mean over tokens -> linear to
+    `embed_dim`, so terrain representations can use the same encoder family as the multimodal model."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        patch_px: int,
+        embed_dim: int,
+        *,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        rngs: nnx.Rngs,
+    ):
+        self.vit = ModalityViT((patch_px, patch_px, in_channels), patch_size, dim, depth, num_heads, 2.0, 0.0,
+                               "sincos", rngs=rngs, name="terrain patch")
+        self.out = nnx.Linear(dim, embed_dim, rngs=rngs)
+
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        tokens = self.vit(patches.astype(jnp.float32) / 255.0)
+        return self.out(tokens.mean(axis=1))
+
+
+PatchModel = PatchEncoder | PatchViT  # what `represent.encoder` chooses
 
 
 class CostHead(nnx.Module):

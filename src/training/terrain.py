@@ -34,16 +34,17 @@ import optax
 from flax import nnx
 
 from src import config, contract
-from src.config import BevConfig, RunConfig
+from src.config import BevConfig, ConfigError, MeshConfig, RunConfig
 from src.data import cmht
 from src.terrain import dataset, sim, sources, spec
 from src.terrain.extract import GroundGeometry, ScanConfig, extract_patches
-from src.terrain.models import CostHead, PatchEncoder
+from src.terrain.models import CostHead, PatchEncoder, PatchModel, PatchViT
 from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_loss
 from src.training.checkpoint import Checkpointer
 from src.training.logging import MetricLogger
 from src.training.objectives import l2_normalize
 from src.training.run_dir import run_path
+from src.training.sharding import make_mesh, replicated, shard_batch
 
 # --------------------------------------------------------------------------------------------- config
 
@@ -75,8 +76,13 @@ class TerrainSpecConfig:
 @dataclasses.dataclass(frozen=True)
 class RepresentConfig:
     objective: Literal["triplet", "vicreg"] = "triplet"
+    encoder: Literal["conv", "vit"] = "conv"  # the small conv net, or the pretrainer's ModalityViT
     embed_dim: int = 32
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] = (16, 32, 64)  # conv
+    vit_patch: int = 4  # vit: token patch size in pixels (must divide scan.patch_px)
+    vit_dim: int = 32
+    vit_depth: int = 1
+    vit_heads: int = 2
     batch: int = 32
     steps: int = 200
     lr: float = 1e-3
@@ -116,6 +122,8 @@ class TerrainConfig:
     cost: CostConfig = dataclasses.field(default_factory=CostConfig)
     eval: TerrainEvalConfig = dataclasses.field(default_factory=TerrainEvalConfig)
     sim: sim.SimRecordConfig = dataclasses.field(default_factory=sim.SimRecordConfig)
+    # Data parallel over the devices of this process (batches split, parameters replicated); one process only.
+    mesh: MeshConfig = dataclasses.field(default_factory=lambda: MeshConfig(distributed="off"))
 
 
 def spec_path(cfg: TerrainConfig, which: str) -> Path:
@@ -230,8 +238,22 @@ def extract(cfg: TerrainConfig) -> dataset.PatchSet:
 # --------------------------------------------------------------------------------------------- training
 
 
-def make_encoder(cfg: TerrainConfig, channels: int) -> PatchEncoder:
-    return PatchEncoder(channels, cfg.represent.embed_dim, widths=cfg.represent.widths, rngs=nnx.Rngs(cfg.run.seed))
+def make_encoder(cfg: TerrainConfig, channels: int) -> PatchModel:
+    rc, rngs = cfg.represent, nnx.Rngs(cfg.run.seed)
+    if rc.encoder == "conv":
+        return PatchEncoder(channels, rc.embed_dim, widths=rc.widths, rngs=rngs)
+    if cfg.scan.patch_px % rc.vit_patch:
+        raise ConfigError(f"represent.vit_patch = {rc.vit_patch} does not divide scan.patch_px = {cfg.scan.patch_px}")
+    return PatchViT(channels, cfg.scan.patch_px, rc.embed_dim, patch_size=rc.vit_patch, dim=rc.vit_dim,
+                    depth=rc.vit_depth, num_heads=rc.vit_heads, rngs=rngs)
+
+
+def data_parallel(cfg: TerrainConfig, batch: int, what: str, devices: list[jax.Device] | None = None):
+    """The mesh a stage trains on (all devices unless given) and a function that places its batches there."""
+    mesh = make_mesh(cfg.mesh, devices)
+    if batch % mesh.devices.size:
+        raise ConfigError(f"{what} = {batch} is not divisible by the {mesh.devices.size} devices of the mesh")
+    return mesh, lambda b: shard_batch(b, mesh)
 
 
 @functools.cache
@@ -284,11 +306,13 @@ def train_loop(
     keep: int,
     log_every: int,
     resume: bool,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> list[float]:
     """Run steps [restored, steps) with Orbax checkpoints under out/ckpt; returns the losses of the steps run.
 
     Batches are a pure function of the step (`batch_at`), so a resumed run sees exactly the batches it would
-    have seen without the interruption.
+    have seen without the interruption. With a `mesh`, model and optimizer are replicated over it (the batches
+    `batch_at` gives are split over it: data parallel).
     """
     ckpt = Checkpointer(out / "ckpt", save_every=max(checkpoint_every, 1), keep=keep)
     start = 0
@@ -299,6 +323,8 @@ def train_loop(
         nnx.update(model, restored["model"])
         nnx.update(optimizer, restored["optimizer"])
         start = int(meta["step"])
+    if mesh is not None:
+        nnx.update((model, optimizer), jax.device_put(nnx.state((model, optimizer)), replicated(mesh)))
     logger = MetricLogger(out, total_steps=steps, progress=False, initial_step=start)
     losses = []
     try:
@@ -350,43 +376,45 @@ def _adam(lr: float) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
-def encoder_optimizer(cfg: TerrainConfig, model: PatchEncoder) -> nnx.Optimizer:
+def encoder_optimizer(cfg: TerrainConfig, model: PatchModel) -> nnx.Optimizer:
     return nnx.Optimizer(model, _adam(cfg.represent.lr), wrt=nnx.Param)
 
 
-def represent(cfg: TerrainConfig, ps: dataset.PatchSet) -> tuple[PatchEncoder, list[float]]:
+def represent(cfg: TerrainConfig, ps: dataset.PatchSet) -> tuple[PatchModel, list[float]]:
     """Train the encoder with the configured objective; resumes from represent/ckpt when run.resume."""
     model = make_encoder(cfg, ps.patches.shape[-1])
     optimizer = encoder_optimizer(cfg, model)
     ds = represent_source(ps, cfg)
     rc = cfg.represent
+    mesh, place = data_parallel(cfg, rc.batch, "represent.batch")
     losses = train_loop(
         model,
         optimizer,
         representation_step(rc.objective, rc.margin, rc.vicreg_sim, rc.vicreg_std, rc.vicreg_cov),
-        lambda s: ds[s],
+        lambda s: place(ds[s]),
         rc.steps,
         run_path(cfg) / "represent",
         checkpoint_every=rc.checkpoint_every,
         keep=rc.keep_checkpoints,
         log_every=rc.log_every,
         resume=cfg.run.resume,
+        mesh=mesh,
     )
     return model, losses
 
 
-def trained_encoder(cfg: TerrainConfig, ps: dataset.PatchSet) -> PatchEncoder:
+def trained_encoder(cfg: TerrainConfig, ps: dataset.PatchSet) -> PatchModel:
     model = make_encoder(cfg, ps.patches.shape[-1])
     restore_model(model, encoder_optimizer(cfg, model), run_path(cfg) / "represent")
     return model
 
 
 @nnx.jit
-def _embed_batch(model: PatchEncoder, patches: jax.Array) -> jax.Array:
+def _embed_batch(model: PatchModel, patches: jax.Array) -> jax.Array:
     return l2_normalize(model(patches))
 
 
-def embed(model: PatchEncoder, patches: np.ndarray, batch: int = 512) -> np.ndarray:
+def embed(model: PatchModel, patches: np.ndarray, batch: int = 512) -> np.ndarray:
     """L2-normalised embeddings [M, D] of uint8 patches (the frozen representation); fixed-size padded batches
     so that one compilation serves every call."""
     out = []
@@ -435,17 +463,20 @@ def train_cost(cfg: TerrainConfig, ps: dataset.PatchSet, z: np.ndarray, train_sp
     head = make_cost_head(cfg)
     optimizer = cost_optimizer(cfg, head)
     cc = cfg.cost
+    mesh, place = data_parallel(cfg, cc.batch, "cost.batch")
+    batch_at = _cost_batches(z, ps.category, ps.categories, train_spec.orderings, cc.batch, cfg.run.seed)
     losses = train_loop(
         head,
         optimizer,
         cost_step(cc.margin),
-        _cost_batches(z, ps.category, ps.categories, train_spec.orderings, cc.batch, cfg.run.seed),
+        lambda s: place(batch_at(s)),
         cc.steps,
         run_path(cfg) / "cost",
         checkpoint_every=cc.checkpoint_every,
         keep=1,
         log_every=cc.log_every,
         resume=cfg.run.resume,
+        mesh=mesh,
     )
     return head, losses
 
@@ -498,7 +529,7 @@ def pca_plot(z: np.ndarray, labels: list[str], path: Path, title: str) -> Path:
     return path
 
 
-def evaluate(cfg: TerrainConfig, ps: dataset.PatchSet, encoder: PatchEncoder, head: CostHead) -> dict[str, Any]:
+def evaluate(cfg: TerrainConfig, ps: dataset.PatchSet, encoder: PatchModel, head: CostHead) -> dict[str, Any]:
     """Held-out pairwise ordering accuracy (every pair the train + held-out orderings imply) and NN accuracy."""
     root = Path(cfg.source.root)
     train_spec = spec.load_spec(spec_path(cfg, "train"), root)
@@ -539,7 +570,7 @@ def evaluate(cfg: TerrainConfig, ps: dataset.PatchSet, encoder: PatchEncoder, he
 
 
 def sim_cost_map(
-    cfg: TerrainConfig, encoder: PatchEncoder, head: CostHead, truth: dict[tuple[str, str], int], path: Path
+    cfg: TerrainConfig, encoder: PatchModel, head: CostHead, truth: dict[tuple[str, str], int], path: Path
 ) -> dict[str, Any]:
     """The learned cost of patches tiling the held-out episode's whole track (`sim.map_patches`), drawn next to
     the true surfaces; returns the mean cost per surface and the pairwise ordering accuracy over tile pairs."""
