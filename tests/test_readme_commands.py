@@ -76,10 +76,12 @@ def test_every_readme_command_has_a_tiny_form(tmp_path):
         assert tiny_args(command, tmp_path / "data", tmp_path / "runs")  # fails for a command without one
 
 
-@pytest.mark.slow  # four fresh processes, each compiling its model: several minutes on 2 cores
+@pytest.mark.slow  # fresh processes, each compiling its models: the transfer experiment alone 15-25 minutes
+@pytest.mark.timeout(3600)
 def test_every_readme_command_runs(tiny_cmht_root, tmp_path):
     for command in readme_commands():
-        done = run_python([*shlex.split(command), *tiny_args(command, tiny_cmht_root, tmp_path)])
+        limit = 2400 if "src.training.transfer" in command else 600
+        done = run_python([*shlex.split(command), *tiny_args(command, tiny_cmht_root, tmp_path)], timeout=limit)
         assert done.returncode == 0, f"python {command}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
         for problem in ("Traceback", "leaked shared_memory"):
             assert problem not in done.stderr, f"python {command}\n{done.stderr[-4000:]}"
