@@ -4,7 +4,7 @@ mid-run (what the time-limit warning sends), pre-emption by `scontrol requeue`, 
 
 Three jobs with one tiny config (LiDAR + GPS on an 8-sweep synthetic CMHT sequence) are submitted together: one
 runs uninterrupted, one gets `scancel --signal=TERM` mid-run, one `scontrol requeue`. Skipped when `sinfo` fails.
-The slow test lets the real time limit (`--time=1`) stop and requeue a job several times.
+The slow test lets the real time limit (`--time=3`) stop and requeue a job several times.
 """
 
 from __future__ import annotations
@@ -207,17 +207,19 @@ def test_scontrol_requeue_checkpoints_at_the_sync_point_and_resumes_there(jobs):
 
 @pytest.mark.slow
 def test_time_limit_requeues_until_the_last_step(tmp_path):
-    """`--time=1` with the warning 45 s before it: each run trains until SIGTERM, saves, and the job requeues
-    itself until all steps are done; the losses equal an uninterrupted run's at every step."""
+    """`--time=3` with the warning 60 s before it: each run trains until SIGTERM, saves, and the job requeues
+    itself until all steps are done; the losses equal an uninterrupted run's at every step. SLURM sends the
+    warning up to 60 s early (its event resolution), so the limit leaves at least a minute for start-up: with
+    `--time=1` the signal can come before Python has installed its handler, and the job fails with 143."""
     from src.data import synthetic
 
-    steps = 400
+    steps = 1000  # more than one run trains at 5 steps/s between start-up and the warning
     data_root = tmp_path / "cmht"
     synthetic.write_cmht_sequence(data_root / "drive_0" / "seq_1", frames=8, points=800)
     logs = {n: tmp_path / f"{n}.out" for n in ("limited", "whole")}
     ids = {
         "limited": submit(tiny_cfg(tmp_path, "limited", data_root, steps), logs["limited"],
-                          "--time=1", "--signal=TERM@45"),
+                          "--time=3", "--signal=TERM@60"),
         "whole": submit(tiny_cfg(tmp_path, "whole", data_root, steps), logs["whole"]),
     }
     infos = wait_done(ids, logs, 1500)
