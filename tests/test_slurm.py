@@ -238,31 +238,15 @@ def test_time_limit_requeues_until_the_last_step(tmp_path):
 
 
 def _transfer_cfg(tmp: Path, name: str):
-    """The transfer experiment at its smallest: two variants that need no pretraining, two seeds, one eval track."""
-    from src.training.transfer import TransferConfig
+    """`test_transfer`'s tiny experiment with the two variants that need no pretraining (so its CMHT root is
+    never read)."""
+    from tests.test_transfer import _tiny
 
-    return config.from_dict(
-        TransferConfig,
-        {
-            "run": {"name": name, "out_dir": str(tmp / "runs"), "seed": 0},
-            "transfer": {"variants": ["scratch", "frozen_random"], "seeds": 2, "budgets": [0.5, 1.0],
-                         "train_tracks": ["procedural:1", "procedural:2"], "eval_tracks": ["procedural:101"]},
-            "model": {
-                "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0, "patch_size": 8, "fusion_depth": 1,
-                "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2, "projection_dim": 16,
-                "modalities": {"lidar": {"shape": [16, 16, 4]}, "gps": {"shape": [5]}, "imu": {"shape": [6]}},
-                "bev": {"x_range": [-6.4, 19.2], "y_range": [-12.8, 12.8]},
-            },
-            "env": {"num_envs": 4, "lidar_rays": 32, "time_limit": 10.0, "signed_progress": True,
-                    "terminate_on_collision": True, "reset_mode": "random"},
-            "ppo": {"total_env_steps": 64, "num_steps": 8, "num_minibatches": 2, "update_epochs": 1,
-                    "norm_obs": True, "checkpoint_every": 0},
-            "eval": {"every": 0, "episodes": 2, "start_positions": 2, "max_steps": 16},
-        },
-    )
+    cfg = _tiny(tmp, tmp / "cmht_unused")
+    return config.replace(cfg, run={"name": name}, transfer={"variants": ("scratch", "frozen_random")})
 
 
-@pytest.mark.slow  # six jobs that each start JAX and compile PPO: about 3 minutes on the 2-CPU node
+@pytest.mark.slow  # six jobs that each start JAX and compile PPO: about 5 minutes on the 2-CPU node
 def test_transfer_job_array_gives_the_one_machine_report(tmp_path):
     """scripts/slurm/transfer_array.sh with one seed per task: a pretraining job, an array of (variant, seed)
     tasks, then the report job. Every task ran in its own process with its seed alone, yet the aggregated report
