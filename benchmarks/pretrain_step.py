@@ -21,7 +21,8 @@ import numpy as np
 
 from src import config
 from src.config import ModalityConfig, PretrainConfig
-from src.training import pretrainer, sharding
+from src.infra import sharding
+from src.training import pretrainer
 
 
 def tiny_config(base: PretrainConfig) -> PretrainConfig:

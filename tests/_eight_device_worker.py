@@ -19,7 +19,8 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from src import config  # noqa: E402
-from src.training import pretrainer, sharding  # noqa: E402
+from src.infra import sharding  # noqa: E402
+from src.training import pretrainer  # noqa: E402
 from tests._pretrain_fakes import tiny_config, tiny_data_fn  # noqa: E402
 
 

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from src.training import pretrainer, sharding  # noqa: E402
+from src.infra import sharding  # noqa: E402
+from src.training import pretrainer  # noqa: E402
 from tests._pretrain_fakes import RecordingIterator, tiny_config, tiny_data_fn  # noqa: E402
 
 

@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 from src.config import ModalityConfig, ModelConfig
-from src.training.checkpoint import Checkpointer, export_encoder, import_encoder, load_encoder_config
-from src.training.logging import MetricLogger
+from src.infra.checkpoint import Checkpointer, export_encoder, import_encoder, load_encoder_config
+from src.infra.logging import MetricLogger
 
 
 class Small(nnx.Module):

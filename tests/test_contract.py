@@ -19,9 +19,10 @@ from src.envs import gym_wrapper
 from src.envs import jax_racecar as sim
 from src.envs.bullet_racecar import RacecarSim, SimConfig
 from src.envs.tracks import Track, get_track
-from src.training import ppo, rl_agent, run_dir, transfer
+from src.infra import run_dir
+from src.infra.checkpoint import Checkpointer, check_encoder_fits, check_encoder_record, export_encoder
+from src.training import ppo, rl_agent, transfer
 from src.training.agent import RaceformerAgent
-from src.training.checkpoint import Checkpointer, check_encoder_fits, check_encoder_record, export_encoder
 from tests.test_ppo import point_env
 
 # A pretraining BEV that is neither the default extent nor 64x64: it must reach the simulator as it is.

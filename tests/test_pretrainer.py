@@ -20,9 +20,10 @@ from flax import nnx
 
 from src import config
 from src.config import ConfigError, PretrainConfig
+from src.infra import sharding
+from src.infra.checkpoint import Checkpointer, import_encoder
 from src.models.raceformer import Raceformer
-from src.training import pretrainer, sharding
-from src.training.checkpoint import Checkpointer, import_encoder
+from src.training import pretrainer
 from tests._pretrain_fakes import TinySource, tiny_config, tiny_data_fn
 
 

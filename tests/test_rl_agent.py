@@ -16,9 +16,9 @@ from PIL import Image
 from src import config
 from src.config import ModalityConfig, ModelConfig, PPOConfig, RLConfig
 from src.envs import gym_wrapper
+from src.infra.checkpoint import export_encoder
 from src.training import ppo, rl_agent
 from src.training.agent import FROZEN_PREFIXES, RaceformerAgent, load_pretrained
-from src.training.checkpoint import export_encoder
 from tests.test_ppo import point_env
 
 TINY_MODEL = ModelConfig(

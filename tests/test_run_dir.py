@@ -11,7 +11,8 @@ import pytest
 
 from src import config
 from src.config import ConfigError, PretrainConfig, RLConfig
-from src.training import rl_agent, run_dir
+from src.infra import run_dir
+from src.training import rl_agent
 from tests.test_rl_agent import _point_bundle, _point_cfg
 
 

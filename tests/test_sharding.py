@@ -21,7 +21,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from src.config import ConfigError, MeshConfig
-from src.training import pretrainer, sharding
+from src.infra import sharding
+from src.training import pretrainer
 from tests._pretrain_fakes import tiny_config, tiny_data_fn
 
 TESTS = Path(__file__).parent

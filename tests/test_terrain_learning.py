@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from src import config
+from src.infra.run_dir import run_path
 from src.terrain import dataset
 from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_loss
 from src.training import terrain
-from src.training.run_dir import run_path
 
 
 def test_triplet_margin_loss_matches_hand_computation():

@@ -9,8 +9,8 @@ from flax import nnx
 from src import config
 from src.config import RLConfig
 from src.envs import surfaces
+from src.infra.checkpoint import Checkpointer
 from src.training import rl_agent, terrain, terrain_loop
-from src.training.checkpoint import Checkpointer
 from src.training.objectives import l2_normalize
 
 

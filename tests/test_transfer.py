@@ -150,8 +150,8 @@ def test_the_experiment_end_to_end(tiny_cmht_root, tmp_path, capsys):
     for source in transfer.SOURCES:  # the imported encoder is the export, bitwise
         from flax import nnx
 
+        from src.infra.checkpoint import import_encoder
         from src.models.raceformer import Raceformer
-        from src.training.checkpoint import import_encoder
 
         model = Raceformer(cfg.model, rngs=nnx.Rngs(99))
         import_encoder(model, out / f"pretrain_{source}" / "encoder")

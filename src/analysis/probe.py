@@ -30,8 +30,8 @@ from flax import nnx
 from src import config
 from src.config import PretrainConfig
 from src.data import cmht, pipeline
+from src.infra.checkpoint import import_encoder, load_encoder_config
 from src.models.raceformer import Raceformer
-from src.training.checkpoint import import_encoder, load_encoder_config
 from src.training.objectives import masked_predictions
 
 RADIUS_M = 20.0  # an object within this range of the LiDAR counts for its quadrant
@@ -204,8 +204,8 @@ def labelled_samples(cfg: PretrainConfig, max_samples: int = 256) -> tuple[dict[
 
 def restore_pretrained(run_dir: Path, cfg: PretrainConfig) -> Raceformer | None:
     """The full pretrained model (with its masked-modeling head) from the run's latest checkpoint, if any."""
+    from src.infra.checkpoint import Checkpointer
     from src.training import pretrainer
-    from src.training.checkpoint import Checkpointer
 
     ckpt = Checkpointer(run_dir / "ckpt", save_every=1, keep=1)
     try:

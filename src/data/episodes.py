@@ -31,7 +31,8 @@ import jsonschema
 import numpy as np
 from PIL import Image
 
-from src import contract, processes
+from src import contract
+from src.infra import processes
 from src.config import DataConfig, ModalityConfig, ModelConfig
 from src.data import transforms
 

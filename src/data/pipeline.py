@@ -34,7 +34,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from src import contract, processes
+from src import contract
+from src.infra import processes
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig
 from src.data import cmht, sync, transforms
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from src.config import ModelConfig, RLConfig
+from src.infra.checkpoint import ENCODER_PARTS, check_encoder_fits, import_encoder
 from src.models.raceformer import Raceformer
-from src.training.checkpoint import ENCODER_PARTS, check_encoder_fits, import_encoder
 
 
 class MLPAgent(nnx.Module):

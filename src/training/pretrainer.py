@@ -28,12 +28,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from src import config, processes
+from src import config
 from src.config import ConfigError, PretrainConfig
+from src.infra import processes, run_dir, sharding
+from src.infra.checkpoint import Checkpointer, export_encoder
+from src.infra.logging import MetricLogger
 from src.models.raceformer import Raceformer
-from src.training import run_dir, sharding
-from src.training.checkpoint import Checkpointer, export_encoder
-from src.training.logging import MetricLogger
 from src.training.objectives import (
     CONTRASTIVE_OBJECTIVES,
     LatentDecoder,

@@ -28,13 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from src import config, processes
+from src import config
 from src.config import RLConfig
 from src.contract import ContractError
 from src.envs import gym_wrapper, gymnax_adapter, jax_racecar
 from src.envs.surfaces import SurfaceConfig
 from src.envs.tracks import get_track
-from src.training import ppo, run_dir
+from src.infra import processes, run_dir
+from src.infra.checkpoint import Checkpointer, check_encoder_record
+from src.infra.logging import MetricLogger
+from src.training import ppo
 from src.training.agent import (
     FROZEN_PREFIXES,
     UNUSED_PREFIXES,
@@ -43,8 +46,6 @@ from src.training.agent import (
     load_pretrained,
     normalized_modalities,
 )
-from src.training.checkpoint import Checkpointer, check_encoder_record
-from src.training.logging import MetricLogger
 
 RACING_INFO = ("total_progress", "lap", "wall_collision")
 

@@ -36,15 +36,15 @@ from flax import nnx
 from src import config, contract
 from src.config import BevConfig, ConfigError, MeshConfig, RunConfig
 from src.data import cmht
+from src.infra.checkpoint import Checkpointer
+from src.infra.logging import MetricLogger
+from src.infra.run_dir import run_path
+from src.infra.sharding import make_mesh, replicated, shard_batch
 from src.terrain import dataset, sim, sources, spec
 from src.terrain.extract import GroundGeometry, ScanConfig, extract_patches
 from src.terrain.models import CostHead, PatchEncoder, PatchModel, PatchViT
 from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_loss
-from src.training.checkpoint import Checkpointer
-from src.training.logging import MetricLogger
 from src.training.objectives import l2_normalize
-from src.training.run_dir import run_path
-from src.training.sharding import make_mesh, replicated, shard_batch
 
 # --------------------------------------------------------------------------------------------- config
 

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from src import config, processes
+from src import config
 from src.config import (
     DataConfig,
     EnvConfig,
@@ -62,8 +62,9 @@ from src.config import (
 )
 from src.envs import controllers, jax_racecar, laptime
 from src.envs.tracks import Track, get_track, procedural_track
+from src.infra import processes
+from src.infra.checkpoint import ENCODER_PARTS, encoder_sha256
 from src.training import ppo, rl_agent
-from src.training.checkpoint import ENCODER_PARTS, encoder_sha256
 
 BASE_VARIANTS = ("scratch", "frozen_random", "frozen_pretrained", "finetuned")
 PRETRAINED = ("frozen_pretrained", "finetuned")

@@ -1,0 +1,1 @@
+"""Run infrastructure shared by every trainer: checkpoints, run directories, sharding, logging, processes."""
