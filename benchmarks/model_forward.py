@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src import config  # noqa: E402
 from src.config import ModalityConfig, ModelConfig, PretrainConfig  # noqa: E402
 from src.models import Raceformer  # noqa: E402
-from src.training.objectives import masked_modeling_loss  # noqa: E402
+from src.objectives.masked_modeling import masked_modeling_loss  # noqa: E402
 
 TINY = ModelConfig(
     embed_dim=32,

@@ -181,7 +181,7 @@ class ObjectivesConfig:
     """Weights of the pretraining objectives summed into the loss (0 = off)."""
 
     masked_modeling: float = 1.0
-    # Episode (multi-camera) objectives, src/training/objectives.py `contrastive_loss`; need data.source = "episodes".
+    # Episode (multi-camera) objectives, src/objectives/contrastive.py `contrastive_loss`; need data.source = "episodes".
     multiview: float = 0.0  # InfoNCE between the cameras of one instant
     temporal: float = 0.0  # InfoNCE between one camera at t and t + dt (data.episode_dt)
     multipositive: float = 0.0  # SupCon: all views of t and t + dt are positives of each other

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from src.training import objectives as O
+from src.objectives import contrastive as O
 
 # z_a = (e1, e2, -e1), z_b = (e1, e2, -e2): cosine similarities s[i, j] = z_a[i] . z_b[j]
 Z_A = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])

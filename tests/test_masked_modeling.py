@@ -12,7 +12,8 @@ from flax import nnx
 from src.config import TrainingConfig
 from src.models import Raceformer
 from src.models.encoders import patchify
-from src.training.objectives import masked_modeling_loss, sample_patch_masks
+from src.objectives.masked_modeling import masked_modeling_loss
+from src.objectives.masking import sample_patch_masks
 from tests.test_models import SMALL, make_batch
 
 PATCH_MODS = ("lidar", "rgb", "radar")
@@ -246,7 +247,7 @@ def test_masked_content_cannot_leak(model, dirichlet_alpha):
     every patch that is not visible leaves the encoder's outputs and every prediction bitwise unchanged, for
     each patch modality; replacing a visible patch does change them."""
     from src.models.encoders import unpatchify
-    from src.training.objectives import visible_positions
+    from src.objectives.masking import visible_positions
 
     batch = make_batch(4)
     valid = {m: np.ones(3, bool) for m in SMALL.modalities}

@@ -202,7 +202,7 @@ def _params_by_path(model):
 def test_weight_decay_reaches_dense_kernels_only(runs):
     """One AdamW step of the pretrainer's optimizer with zero gradients moves a parameter only by its weight
     decay: exactly the Dense kernels move; embedding tables, tokens, biases and norms stay."""
-    from src.training.objectives import LatentDecoder
+    from src.objectives.contrastive import LatentDecoder
 
     cfg = tiny_config(runs, "decay", model={"pos_embedding": "learned", "missing_modality": "learned_token"},
                       training={"warmup_steps": 0, "weight_decay": 0.5})

@@ -10,8 +10,8 @@ from src import config
 from src.config import RLConfig
 from src.envs import surfaces
 from src.infra.checkpoint import Checkpointer
+from src.objectives.contrastive import l2_normalize
 from src.training import rl_agent, terrain, terrain_loop
-from src.training.objectives import l2_normalize
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from src.config import PretrainConfig
 from src.data import cmht, pipeline
 from src.infra.checkpoint import import_encoder, load_encoder_config
 from src.models.raceformer import Raceformer
-from src.training.objectives import masked_predictions
+from src.objectives.masked_modeling import masked_predictions
 
 RADIUS_M = 20.0  # an object within this range of the LiDAR counts for its quadrant
 FAR_M = 50.0  # nearest-object distance cap (also the value of a sample with no labelled object)

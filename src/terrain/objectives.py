@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from src.training.objectives import l2_normalize
+from src.objectives.contrastive import l2_normalize
 
 _DIST_EPS = 1e-12  # inside the square root, so the gradient at identical embeddings stays finite
 

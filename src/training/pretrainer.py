@@ -34,12 +34,8 @@ from src.infra import processes, run_dir, sharding
 from src.infra.checkpoint import Checkpointer, export_encoder
 from src.infra.logging import MetricLogger
 from src.models.raceformer import Raceformer
-from src.training.objectives import (
-    CONTRASTIVE_OBJECTIVES,
-    LatentDecoder,
-    contrastive_loss,
-    masked_modeling_loss,
-)
+from src.objectives.contrastive import CONTRASTIVE_OBJECTIVES, LatentDecoder, contrastive_loss
+from src.objectives.masked_modeling import masked_modeling_loss
 
 DataFn = Callable[..., Iterator[dict[str, Any]]]
 

@@ -40,11 +40,11 @@ from src.infra.checkpoint import Checkpointer
 from src.infra.logging import MetricLogger
 from src.infra.run_dir import run_path
 from src.infra.sharding import make_mesh, replicated, shard_batch
+from src.objectives.contrastive import l2_normalize
 from src.terrain import dataset, sim, sources, spec
 from src.terrain.extract import GroundGeometry, ScanConfig, extract_patches
 from src.terrain.models import CostHead, PatchEncoder, PatchModel, PatchViT
 from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_loss
-from src.training.objectives import l2_normalize
 
 # --------------------------------------------------------------------------------------------- config
 

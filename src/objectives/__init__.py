@@ -1,0 +1,1 @@
+"""Pretraining objectives: which patches are hidden, masked modeling, contrastive and latent losses."""
