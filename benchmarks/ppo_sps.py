@@ -17,16 +17,16 @@ import jax
 
 from src import config
 from src.config import RLConfig
-from src.training import ppo, rl_agent
+from src.rl import train_host, train_jax, trainer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "rl_racecar.toml"
 
 
 def measure(cfg: RLConfig, iterations: int) -> dict[str, float]:
-    s = rl_agent.setup(cfg)
-    engine = s.bundle.make_engine(s.learner)
-    state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(0))
-    if isinstance(engine, ppo.JaxEngine):
+    s = trainer.setup(cfg)
+    engine = s.env.make_engine(s.learner)
+    state = s.learner.init_state(s.params, s.env.obs_example, jax.random.PRNGKey(0))
+    if isinstance(engine, train_jax.JaxEngine):
         carry = engine.init(state, jax.random.PRNGKey(1))
     else:
         engine.reset(0)
@@ -40,7 +40,7 @@ def measure(cfg: RLConfig, iterations: int) -> dict[str, float]:
         carry, _ = engine.run_iteration(carry)
     jax.block_until_ready(carry)
     elapsed = time.perf_counter() - t0
-    if isinstance(engine, ppo.HostEngine):
+    if isinstance(engine, train_host.HostEngine):
         engine.close()
     steps = iterations * cfg.ppo.num_steps * cfg.env.num_envs
     return {"sps": steps / elapsed, "steps": steps, "seconds": elapsed, "first_iteration_s": compile_s}

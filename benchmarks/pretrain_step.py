@@ -22,7 +22,9 @@ import numpy as np
 from src import config
 from src.config import ModalityConfig, PretrainConfig
 from src.infra import sharding
-from src.training import pretrainer
+from src.pretraining import data as pretrain_data
+from src.pretraining import loop as pretrain_loop
+from src.pretraining import step as pretrain_step
 
 
 def tiny_config(base: PretrainConfig) -> PretrainConfig:
@@ -50,8 +52,8 @@ def flops_of(compiled) -> float:
 
 
 def time_steps(name: str, cfg: PretrainConfig, batch: dict, steps: int) -> None:
-    s = pretrainer.setup(cfg)
-    gbatch = sharding.shard_batch(pretrainer.model_inputs(batch, s.model.modalities), s.mesh)
+    s = pretrain_step.setup(cfg)
+    gbatch = sharding.shard_batch(pretrain_step.model_inputs(batch, s.model.modalities), s.mesh)
     t0 = time.perf_counter()
     compiled = s.step_fn.lower(s.state, gbatch).compile()
     compile_s = time.perf_counter() - t0
@@ -76,7 +78,7 @@ def data_wait_share(cfg: PretrainConfig, steps: int, workers: int) -> None:
             data={"num_workers": workers},
             training={"steps": steps + 1, "log_every": 1, "checkpoint_every": 10_000, "export_encoder": False},
         )
-        pretrainer.train(run, progress=False)
+        pretrain_loop.train(run, progress=False)
         rows = [json.loads(x) for x in (Path(tmp) / "bench" / "metrics.jsonl").read_text().splitlines()][1:]
     wait = sum(r["data_wait_s"] for r in rows)
     total = sum(r["step_time_s"] for r in rows)
@@ -97,7 +99,7 @@ def main() -> None:
     from src.data import pipeline
 
     pipeline.ensure_dataset(cfg.data)
-    it = pretrainer.build_data(cfg, batch_size=cfg.training.batch_size, shard_index=0, shard_count=1)
+    it = pretrain_data.build_data(cfg, batch_size=cfg.training.batch_size, shard_index=0, shard_count=1)
     time_steps("default", cfg, next(it), args.steps)
     data_wait_share(cfg, args.steps, args.workers)
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import jax
 
 from src import config
-from src.training import ppo, rl_agent, transfer
+from src.rl import envs as rl_envs
+from src.rl import train_jax, trainer
+from src.training import transfer
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "transfer_racecar.toml"
 
@@ -34,15 +36,15 @@ def main() -> None:
     setups = []
     for s in range(args.seeds):
         rl = config.replace(transfer.rl_config(cfg), run={"seed": s})
-        bundle = rl_agent.EnvBundle(2, example, None, None)
-        setups.append(rl_agent.setup(rl, bundle))
+        training_env = rl_envs.TrainingEnv(2, example, None, None)
+        setups.append(trainer.setup(rl, training_env))
     learner = setups[0].learner
-    engine = ppo.JaxEngine(learner, env, cfg.env.num_envs)
+    engine = train_jax.JaxEngine(learner, env, cfg.env.num_envs)
     trains = [learner.init_state(su.params, example, jax.random.PRNGKey(s)) for s, su in enumerate(setups)]
     keys = [jax.random.PRNGKey(s + 1) for s in range(args.seeds)]
     per_iteration = cfg.ppo.num_steps * cfg.env.num_envs
 
-    batch = ppo.SeedBatch(engine)
+    batch = train_jax.SeedBatch(engine)
     runner = batch.init(trains, keys)
     t0 = time.perf_counter()
     runner, _ = batch.run_iteration(runner)

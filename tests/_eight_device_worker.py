@@ -20,16 +20,17 @@ from flax import nnx  # noqa: E402
 
 from src import config  # noqa: E402
 from src.infra import sharding  # noqa: E402
-from src.training import pretrainer  # noqa: E402
+from src.pretraining import loop as pretrain_loop
+from src.pretraining import step as pretrain_step
 from tests._pretrain_fakes import tiny_config, tiny_data_fn  # noqa: E402
 
 
 def losses(cfg, devices) -> tuple[list[float], int]:
-    s = pretrainer.setup(cfg, sharding.make_mesh(cfg.mesh, devices))
+    s = pretrain_step.setup(cfg, sharding.make_mesh(cfg.mesh, devices))
     it = tiny_data_fn()(cfg, batch_size=cfg.training.batch_size, shard_index=0, shard_count=1)
     state, out = s.state, []
     for _ in range(3):
-        batch = sharding.shard_batch(pretrainer.model_inputs(next(it), s.model.modalities), s.mesh)
+        batch = sharding.shard_batch(pretrain_step.model_inputs(next(it), s.model.modalities), s.mesh)
         state, metrics = s.step_fn(state, batch)
         out.append(float(metrics["loss"]))
     split = sum(any(a is not None for a in x.sharding.spec) for x in jax.tree.leaves(state["model"]))
@@ -74,10 +75,10 @@ def main() -> None:
     figures = {"one": one, "eight": eight, "fsdp_split_params": split, "terrain": terrain_losses()}
     if "--reshard" in sys.argv:
         # A run checkpointed on the FSDP mesh and resumed on a replicated 8 x 1 mesh (Orbax reshards on restore).
-        first = pretrainer.train(config.replace(fsdp, run={"name": "reshard"}), data_fn=tiny_data_fn(),
+        first = pretrain_loop.train(config.replace(fsdp, run={"name": "reshard"}), data_fn=tiny_data_fn(),
                                  stop_after=2, progress=False)
         replicated = config.replace(base, run={"name": "reshard"}, mesh={"data": 8, "fsdp": 1})
-        second = pretrainer.train(replicated, data_fn=tiny_data_fn(), stop_after=3, progress=False)
+        second = pretrain_loop.train(replicated, data_fn=tiny_data_fn(), stop_after=3, progress=False)
         figures["resharded"] = [first.losses[1], first.losses[2], second.losses[3]]
     print(json.dumps(figures))
 

@@ -72,7 +72,7 @@ def tiny_config(run_dir: Path, name: str = "tiny", modalities: tuple[str, ...] =
 
 
 def tiny_data_fn(source: TinySource | None = None):
-    """A `data_fn` for `pretrainer.train`: the per-process shard of `source`, shuffled, repeated, batched."""
+    """A `data_fn` for `pretrain_loop.train`: the per-process shard of `source`, shuffled, repeated, batched."""
     source = source or TinySource()
 
     def data_fn(cfg: PretrainConfig, *, batch_size: int, shard_index: int, shard_count: int):

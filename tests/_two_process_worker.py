@@ -18,7 +18,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from src.infra import sharding  # noqa: E402
-from src.training import pretrainer  # noqa: E402
+from src.pretraining import loop as pretrain_loop
 from tests._pretrain_fakes import RecordingIterator, tiny_config, tiny_data_fn  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         return RecordingIterator(inner(cfg, batch_size=batch_size, shard_index=shard_index, shard_count=shard_count),
                                  seen)
 
-    result = pretrainer.train(cfg, data_fn=data_fn, progress=False)
+    result = pretrain_loop.train(cfg, data_fn=data_fn, progress=False)
     gather = jax.jit(lambda x: x, out_shardings=sharding.replicated(sharding.make_mesh(cfg.mesh)))
     params = gather(result.state["model"])
     leaves = [np.asarray(x.addressable_data(0), np.float64) for x in jax.tree.leaves(params)]

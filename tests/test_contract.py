@@ -21,8 +21,10 @@ from src.envs.bullet_racecar import RacecarSim, SimConfig
 from src.envs.tracks import Track, get_track
 from src.infra import run_dir
 from src.infra.checkpoint import Checkpointer, check_encoder_fits, check_encoder_record, export_encoder
-from src.training import ppo, rl_agent, transfer
-from src.training.agent import RaceformerAgent
+from src.models.actor_critic import RaceformerAgent
+from src.rl import envs as rl_envs
+from src.rl import normalize, train_jax, trainer
+from src.training import transfer
 from tests.test_ppo import point_env
 
 # A pretraining BEV that is neither the default extent nor 64x64: it must reach the simulator as it is.
@@ -99,7 +101,7 @@ def test_pretraining_bev_settings_reach_the_simulator(scene):
         experiment = config.replace(base, model=model)
         assert transfer.pretrain_config(experiment, "cmht").model.bev == model.bev
         cfg = transfer.rl_config(experiment, "frozen", "", True)
-        got = np.asarray(jax.jit(rl_agent.contract_obs_fn(cfg, params))(obs)["lidar"])
+        got = np.asarray(jax.jit(rl_envs.contract_obs_fn(cfg, params))(obs)["lidar"])
         assert got.shape == LIDAR
         np.testing.assert_array_equal(got, _sim_bev(obs, params, model.bev))
         bevs.append(got)
@@ -244,17 +246,17 @@ def test_imported_encoder_receives_its_pretraining_inputs(scene, encoder, tmp_pa
     sample, valid = gym_wrapper.contract_obs(obs, cfg.model.modalities, cfg.model.bev, spec)
     sample.pop("timestamp")
     agent_obs = {**sample, "valid": valid}
-    bundle = rl_agent.EnvBundle(2, agent_obs, None, None)
+    env = rl_envs.TrainingEnv(2, agent_obs, None, None)
 
     def received(cfg: RLConfig) -> dict:
-        s = rl_agent.setup(cfg, bundle)
+        s = trainer.setup(cfg, env)
         state = s.learner.init_state(s.params, agent_obs, jax.random.PRNGKey(0))
         rng = np.random.default_rng(0)
 
         def two(x: np.ndarray) -> np.ndarray:  # the sample and a perturbed copy: non-trivial statistics
             return np.stack([x, x if x.dtype == bool else x + rng.normal(size=x.shape).astype(x.dtype)])
 
-        state = state._replace(obs_rms=ppo.rms_update(state.obs_rms, jax.tree.map(two, agent_obs)))
+        state = state._replace(obs_rms=normalize.rms_update(state.obs_rms, jax.tree.map(two, agent_obs)))
         return jax.tree.map(np.asarray, s.learner.normalize_obs(state, agent_obs))
 
     fine = received(cfg)
@@ -267,7 +269,7 @@ def test_imported_encoder_receives_its_pretraining_inputs(scene, encoder, tmp_pa
     assert not np.allclose(scratch["gps"], agent_obs["gps"])
 
 
-def _gps_point_bundle() -> rl_agent.EnvBundle:
+def _gps_point_env() -> rl_envs.TrainingEnv:
     """A 1-D point env seen through a gps-only contract observation (cheap to compile)."""
 
     def obs_fn(o):
@@ -275,7 +277,7 @@ def _gps_point_bundle() -> rl_agent.EnvBundle:
 
     env = point_env()._replace(obs_fn=obs_fn)
     example = {"gps": jnp.zeros(5), "valid": {"gps": jnp.bool_(True)}}
-    return rl_agent.EnvBundle(2, example, lambda learner: ppo.JaxEngine(learner, env, 4), None)
+    return rl_envs.TrainingEnv(2, example, lambda learner: train_jax.JaxEngine(learner, env, 4), None)
 
 
 def test_resuming_on_another_encoder_is_an_error(tmp_path):
@@ -297,11 +299,11 @@ def test_resuming_on_another_encoder_is_an_error(tmp_path):
     for other in (gps_b, None):  # another path, or none (from scratch): the config differs
         moved = config.replace(cfg, finetune={"pretrained_ckpt": str(other) if other else ""})
         with pytest.raises(config.ConfigError, match=r"finetune\.pretrained_ckpt[\s\S]*run\.resume=false"):
-            rl_agent.train(moved, bundle=_gps_point_bundle(), progress=False)
+            trainer.train(moved, env=_gps_point_env(), progress=False)
     shutil.rmtree(gps_a)  # re-exported to the same path: same config, other weights
     shutil.copytree(gps_b, gps_a)
     with pytest.raises(contract.ContractError, match=r"run\.resume=false") as err:
-        rl_agent.train(cfg, bundle=_gps_point_bundle(), progress=False)
+        trainer.train(cfg, env=_gps_point_env(), progress=False)
     assert str(gps_a) in str(err.value)
     assert json.loads((out / "encoder.json").read_text()) == record  # nothing of the run was rewritten
     assert config.load(RLConfig, out / "config.toml") == cfg

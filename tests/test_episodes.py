@@ -11,6 +11,10 @@ from PIL import Image
 from src.config import ModalityConfig
 from src.data import episodes as E
 from src.data import transforms
+from src.pretraining import data as pretrain_data
+from src.pretraining import step as pretrain_step
+from src.rl import envs as rl_envs
+from src.rl import trainer
 
 MODALITIES = {
     "rgb": ModalityConfig(shape=(8, 8, 3)),
@@ -190,28 +194,27 @@ def test_recorder_writes_episodes_that_validate(tmp_path):
 def test_pretrainer_reads_episode_pairs_and_resumes(dataset):
     from src import config
     from src.config import PretrainConfig
-    from src.training import pretrainer
 
     cfg = config.replace(
         PretrainConfig(),
         data={"source": "episodes", "root": str(dataset), "episode_cameras": CAMS, "episode_dt": (1, 2)},
         model={"modalities": MODALITIES},
     )
-    it = pretrainer.build_data(cfg, batch_size=4, shard_index=0, shard_count=1)
+    it = pretrain_data.build_data(cfg, batch_size=4, shard_index=0, shard_count=1)
     state = it.get_state()
-    batch = pretrainer.model_inputs(next(it), ("rgb", "gps", "imu"))
+    batch = pretrain_step.model_inputs(next(it), ("rgb", "gps", "imu"))
     assert set(batch) == {"rgb", "gps", "imu", "valid", "images_by_cam", "image_valid_by_cam", "t1"}
     assert batch["t1"]["images_by_cam"]["left"].shape == (4, 8, 8, 3) and batch["t1"]["valid"][
         "rgb"
     ].shape == (4,)
     it.set_state(state)  # a resumed run sees the same batch again
-    again = pretrainer.model_inputs(next(it), ("rgb", "gps", "imu"))
+    again = pretrain_step.model_inputs(next(it), ("rgb", "gps", "imu"))
     np.testing.assert_array_equal(
         again["t1"]["images_by_cam"]["front"], batch["t1"]["images_by_cam"]["front"]
     )
     missing = config.replace(cfg, data={"root": str(dataset / "nope")})
     with pytest.raises(FileNotFoundError, match="record_if_missing"):
-        pretrainer.build_data(missing, batch_size=4, shard_index=0, shard_count=1)
+        pretrain_data.build_data(missing, batch_size=4, shard_index=0, shard_count=1)
 
 
 def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
@@ -222,7 +225,6 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
     from src import config
     from src.config import RLConfig
     from src.envs import jax_racecar as sim
-    from src.training import rl_agent
     from tests.test_rl_agent import TINY_MODEL
 
     cfg = config.from_dict(
@@ -235,7 +237,7 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
             "eval": {"every": 0},
         },
     )
-    result = rl_agent.train(cfg, progress=False)
+    result = trainer.train(cfg, progress=False)
     run = result.run_dir
     spec = E.RecordSpec(
         episodes=1, frames=3, size=(8, 8), drop_prob=0.0, frame_every=1, noise=(0.0, 0.0), checkpoint=str(run)
@@ -247,12 +249,12 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
     # The recorder's first observation, rebuilt from its seed in the run's env (its pose is the recorded one),
     # and the trained (not restored) policy's mean for it.
     params = sim.make_params(
-        "default", **{**rl_agent.env_settings(cfg), "reset_mode": "random", "pose_noise": 0.0}
+        "default", **{**rl_envs.env_settings(cfg), "reset_mode": "random", "pose_noise": 0.0}
     )
     k_reset = jax.random.split(jax.random.split(jax.random.key(spec.seed), 1)[0], 3)[0]
     obs, _ = jax.jit(lambda k: sim.reset(k, params))(k_reset)
     np.testing.assert_allclose(ep.pose[0], np.asarray(obs["pose"])[[0, 1, 5]], atol=1e-5)
-    contract = jax.jit(jax.vmap(rl_agent.contract_obs_fn(cfg, params)))(jax.tree.map(lambda x: x[None], obs))
+    contract = jax.jit(jax.vmap(rl_envs.contract_obs_fn(cfg, params)))(jax.tree.map(lambda x: x[None], obs))
     expected = np.asarray(jax.jit(result.learner.act_deterministic)(result.state, contract))[0]
     np.testing.assert_allclose(ep.action[0], expected, atol=1e-5)
     assert np.all(np.abs(ep.action) <= 1.0) and np.abs(ep.action).max() > 0

@@ -14,8 +14,8 @@ from flax import nnx
 
 from src import config
 from src.config import PPOConfig
-from src.training import ppo
-from src.training.agent import MLPAgent
+from src.models.actor_critic import MLPAgent
+from src.rl import normalize, ppo, train_jax, trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -82,13 +82,13 @@ def test_running_mean_std_matches_numpy():
     rng = np.random.default_rng(0)
     a, b = rng.normal(3.0, 2.0, (50, 3)).astype(np.float32), rng.normal(-1.0, 0.5, (30, 3)).astype(np.float32)
     obs = {"x": a[0], "valid": np.bool_(True)}
-    rms = ppo.rms_init(obs)
+    rms = normalize.rms_init(obs)
     for chunk in (a, b):
-        rms = ppo.rms_update(rms, {"x": chunk, "valid": np.ones(len(chunk), bool)})
+        rms = normalize.rms_update(rms, {"x": chunk, "valid": np.ones(len(chunk), bool)})
     both = np.concatenate([a, b])
     np.testing.assert_allclose(rms.mean["x"], both.mean(0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(rms.var["x"], both.var(0), rtol=1e-3)
-    out = ppo.rms_normalize(rms, {"x": both, "valid": np.ones(80, bool)}, 10.0)
+    out = normalize.rms_normalize(rms, {"x": both, "valid": np.ones(80, bool)}, 10.0)
     assert out["valid"].dtype == np.bool_
     np.testing.assert_allclose(out["x"].mean(0), 0.0, atol=1e-3)
 
@@ -96,7 +96,7 @@ def test_running_mean_std_matches_numpy():
 # --------------------------------------------------------------------------------------------- engines
 
 
-def point_env(horizon: int = 16) -> ppo.JaxEnv:
+def point_env(horizon: int = 16) -> train_jax.JaxEnv:
     """A 1-D point that should be driven to the origin: x' = x + 0.25 a, reward -x^2, truncated at `horizon`."""
 
     def reset(key):
@@ -109,7 +109,7 @@ def point_env(horizon: int = 16) -> ppo.JaxEnv:
         t = t + 1
         return jnp.array([x]), (x, t), -(x**2), jnp.array(False), t >= horizon, {"x": jnp.abs(x)}
 
-    return ppo.JaxEnv(reset, step, episode_info=("x",))
+    return train_jax.JaxEnv(reset, step, episode_info=("x",))
 
 
 TINY = PPOConfig(
@@ -130,7 +130,7 @@ TINY = PPOConfig(
 def jax_engine():
     agent = MLPAgent(1, 1, TINY.mlp_hidden, -0.5, rngs=nnx.Rngs(0))
     learner, params = ppo.Learner.create(agent, TINY, 12 * TINY.update_epochs * TINY.num_minibatches)
-    engine = ppo.JaxEngine(learner, point_env(), num_envs=16)
+    engine = train_jax.JaxEngine(learner, point_env(), num_envs=16)
     return engine, learner, params
 
 
@@ -147,16 +147,42 @@ def test_jax_engine_raises_the_return(jax_engine):
     assert last > first + 0.5, returns
 
 
+def test_make_train_is_the_engine_loop_as_one_function_and_vmaps_over_seeds():
+    """PureJaxRL's `train(key)`: 3 iterations as one jitted scan compute what the engine's loop computes from the
+    same (learner, env) keys, and vmapped over two keys each seed gets its own run."""
+    iterations, agent = 3, lambda: MLPAgent(1, 1, TINY.mlp_hidden, -0.5, rngs=nnx.Rngs(0))
+    train, _ = train_jax.make_train(TINY, point_env(), agent(), jnp.zeros(1), num_envs=16, num_iterations=iterations)
+    key = jax.random.key(7)
+    carry, metrics = jax.jit(train)(key)
+
+    learner, params = ppo.Learner.create(agent(), TINY, iterations * TINY.update_epochs * TINY.num_minibatches)
+    engine = train_jax.JaxEngine(learner, point_env(), num_envs=16)
+    learner_key, env_key = jax.random.split(key)
+    loop = engine.init(learner.init_state(params, jnp.zeros(1), learner_key), env_key)
+    loop_returns = []
+    for _ in range(iterations):
+        loop, m = engine.run_iteration(loop)
+        loop_returns.append(m["episode/return"])
+    close = lambda a, b: jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)  # noqa: E731
+    close(carry.train.params, loop.train.params)
+    np.testing.assert_allclose(metrics["episode/return"], loop_returns, rtol=1e-5)
+    assert metrics["episodes"].tolist() == [32] * iterations
+    assert int(carry.train.env_steps) == iterations * 32 * 16
+
+    seeds, seed_metrics = jax.jit(jax.vmap(train))(jnp.stack([key, jax.random.key(8)]))
+    close(jax.tree.map(lambda x: x[0], seeds.train.params), carry.train.params)
+    assert not np.allclose(seed_metrics["episode/return"][0], seed_metrics["episode/return"][1])
+
+
 @pytest.mark.slow
 def test_pendulum_reaches_minus_200(tmp_path):
     """Issue target: mean return >= -200 over 10 deterministic episodes within 1M env steps."""
-    from src.training import rl_agent
 
     cfg = config.load(config.RLConfig, CONFIGS / "ppo_pendulum.toml", [f"run.out_dir='{tmp_path}'"])
     t0 = time.perf_counter()
-    result = rl_agent.train(cfg)
+    result = trainer.train(cfg)
     wall = time.perf_counter() - t0
-    score = rl_agent.evaluate_gymnasium(cfg, result.learner, result.state, episodes=10)
+    score = trainer.evaluate_gymnasium(cfg, result.learner, result.state, episodes=10)
     print(f"Pendulum-v1: mean return {score['return']:.1f} over 10 episodes, {wall:.0f} s wall-clock")
     assert score["return"] >= -200.0
 
@@ -192,7 +218,7 @@ def test_a_saturated_mean_commands_the_full_action(dist):
     """One squashing per distribution: a policy whose mean saturates reaches |a| > 0.99 of full scale under
     both (a tanh head under the tanh distribution could not pass tanh(tanh(z)) <= 0.76)."""
     from src.config import ModalityConfig, ModelConfig
-    from src.training.agent import RaceformerAgent
+    from src.models.actor_critic import RaceformerAgent
 
     model = ModelConfig(
         embed_dim=8,
@@ -250,11 +276,10 @@ def test_gymnax_adapter_reports_time_limits_as_truncations():
 def test_jax_engine_on_gymnax_pendulum_raises_the_return(tmp_path):
     """24 iterations of the jitted engine on gymnax's Pendulum-v1 (episodes of 200 steps end together every
     third iteration): the episodic return rises from about -1330 to about -1000."""
-    from src.training import rl_agent
 
     cfg = _gymnax_cfg(tmp_path, total_env_steps=16 * 64 * 24, checkpoint_every=0)
     cfg = config.replace(cfg, eval={"every": 0})
-    result = rl_agent.train(cfg, progress=False)
+    result = trainer.train(cfg, progress=False)
     returns = [h["episode/return"] for h in result.history if "episode/return" in h]
     assert len(result.history) == 24 and len(returns) == 7
     first, last = np.mean(returns[:2]), np.mean(returns[-2:])
@@ -264,13 +289,12 @@ def test_jax_engine_on_gymnax_pendulum_raises_the_return(tmp_path):
 @pytest.mark.slow
 def test_gymnax_pendulum_reaches_minus_200_on_the_jax_engine(tmp_path):
     """Issue target: mean return >= -200 over 10 deterministic episodes within 1M env steps, jitted engine."""
-    from src.training import rl_agent
 
     cfg = _gymnax_cfg(tmp_path)
     t0 = time.perf_counter()
-    result = rl_agent.train(cfg, progress=False)
+    result = trainer.train(cfg, progress=False)
     wall = time.perf_counter() - t0
-    score = rl_agent.evaluate_gymnasium(cfg, result.learner, result.state, episodes=10)
+    score = trainer.evaluate_gymnasium(cfg, result.learner, result.state, episodes=10)
     print(f"gymnax Pendulum-v1: mean return {score['return']:.1f} over 10 episodes, {wall:.0f} s wall-clock")
     assert int(result.state.env_steps) <= 1_000_000
     assert score["return"] >= -200.0

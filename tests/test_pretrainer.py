@@ -23,7 +23,8 @@ from src.config import ConfigError, PretrainConfig
 from src.infra import sharding
 from src.infra.checkpoint import Checkpointer, import_encoder
 from src.models.raceformer import Raceformer
-from src.training import pretrainer
+from src.pretraining import loop as pretrain_loop
+from src.pretraining import step as pretrain_step
 from tests._pretrain_fakes import TinySource, tiny_config, tiny_data_fn
 
 
@@ -35,7 +36,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def full_run(runs):
     cfg = tiny_config(runs, "full")
-    return cfg, pretrainer.train(cfg, data_fn=tiny_data_fn(), progress=False)
+    return cfg, pretrain_loop.train(cfg, data_fn=tiny_data_fn(), progress=False)
 
 
 def test_loss_falls_and_run_dir_is_complete(full_run):
@@ -56,9 +57,9 @@ def test_loss_falls_and_run_dir_is_complete(full_run):
 def test_kill_and_resume_continues_exactly(full_run, runs):
     _, full = full_run
     cfg = tiny_config(runs, "resumed", training={"checkpoint_every": 4})
-    first = pretrainer.train(cfg, data_fn=tiny_data_fn(), stop_after=13, progress=False)
+    first = pretrain_loop.train(cfg, data_fn=tiny_data_fn(), stop_after=13, progress=False)
     assert first.stopped_by == "stop_after" and first.step == 13 and first.encoder_dir is None
-    second = pretrainer.train(cfg, data_fn=tiny_data_fn(), progress=False)
+    second = pretrain_loop.train(cfg, data_fn=tiny_data_fn(), progress=False)
     assert second.start_step == 13 and second.step == 30
     for k in range(1, 14):
         assert first.losses[k] == pytest.approx(full.losses[k], abs=1e-6)
@@ -73,7 +74,7 @@ def test_resume_false_starts_over_in_a_clean_run_dir(full_run, runs):
     shutil.copytree(full.run_dir, runs / "over")
     cfg = tiny_config(runs, "over", run={"name": "over", "out_dir": str(runs), "seed": 0, "resume": False},
                       training={"checkpoint_every": 15})
-    again = pretrainer.train(cfg, data_fn=tiny_data_fn(), progress=False)
+    again = pretrain_loop.train(cfg, data_fn=tiny_data_fn(), progress=False)
     assert again.start_step == 0 and again.stopped_by == "completed"
     assert again.losses == full.losses  # started from step 0 with the same seed: the same run again
     out = runs / "over"
@@ -92,7 +93,7 @@ def test_resuming_with_another_config_names_the_keys(full_run, runs):
     cfg, _ = full_run
     changed = tiny_config(runs, "full", training={"learning_rate": 1e-2, "log_every": 2})
     with pytest.raises(ConfigError, match=r"training\.learning_rate: 0\.003 -> 0\.01") as err:
-        pretrainer.train(changed, data_fn=tiny_data_fn(), progress=False)
+        pretrain_loop.train(changed, data_fn=tiny_data_fn(), progress=False)
     assert "log_every" not in str(err.value) and "run.resume=false" in str(err.value)
     assert config.load(PretrainConfig, runs / "full" / "config.toml") == cfg  # left as it was
 
@@ -107,13 +108,13 @@ def _batch(indices):
 
 def test_absent_modality_values_do_not_change_the_loss(runs):
     cfg = tiny_config(runs, "absent")
-    s = pretrainer.setup(cfg)
+    s = pretrain_step.setup(cfg)
     batch = _batch(range(8))  # samples 0, 3, 6 have no camera
     assert not batch["valid"]["rgb"][[0, 3, 6]].any()
 
     def loss_of(b):
         state = jax.tree.map(jnp.copy, s.state)
-        _, metrics = s.step_fn(state, sharding.shard_batch(pretrainer.model_inputs(b, s.model.modalities), s.mesh))
+        _, metrics = s.step_fn(state, sharding.shard_batch(pretrain_step.model_inputs(b, s.model.modalities), s.mesh))
         return float(metrics["loss"])
 
     changed = {**batch, "rgb": batch["rgb"].copy()}
@@ -130,7 +131,7 @@ def test_encoder_export_round_trips_and_mismatch_lists_paths(full_run):
     trained = Raceformer(cfg.model, rngs=nnx.Rngs(0))
     nnx.update(trained, result.state["model"])
     fresh = Raceformer(cfg.model, rngs=nnx.Rngs(123))
-    batch = pretrainer.model_inputs(_batch(range(4)), fresh.modalities)
+    batch = pretrain_step.model_inputs(_batch(range(4)), fresh.modalities)
     features = nnx.jit(lambda model, b: model.features(b, b["valid"]))
     before = features(fresh, batch)
     import_encoder(fresh, result.encoder_dir)
@@ -153,11 +154,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(runs):
     def data_fn(cfg, *, batch_size, shard_index, shard_count):
         return iter(grain.MapDataset.source(source).repeat().batch(batch_size).to_iter_dataset())
 
-    with pytest.raises(pretrainer.NonFiniteLossError, match=r"non-finite loss .* at step 3.*step 2"):
-        pretrainer.train(cfg, data_fn=data_fn, progress=False)
+    with pytest.raises(pretrain_loop.NonFiniteLossError, match=r"non-finite loss .* at step 3.*step 2"):
+        pretrain_loop.train(cfg, data_fn=data_fn, progress=False)
     ckpt = Checkpointer(runs / "nan" / "ckpt", save_every=1, keep=3)
     assert ckpt.all_steps() == [1, 2]
-    state, _ = ckpt.restore(2, pretrainer.setup(cfg).state)
+    state, _ = ckpt.restore(2, pretrain_step.setup(cfg).state)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["model"]))
 
 
@@ -189,7 +190,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(runs):
         return _SignalAfter(inner(cfg, **kw), 7)
 
     previous = signal.getsignal(signal.SIGTERM)
-    result = pretrainer.train(cfg, data_fn=data_fn, progress=False)
+    result = pretrain_loop.train(cfg, data_fn=data_fn, progress=False)
     assert signal.getsignal(signal.SIGTERM) is previous
     assert result.stopped_by == "SIGTERM" and result.step == 7 and result.encoder_dir is None
     assert Checkpointer(runs / "sigterm" / "ckpt", save_every=10, keep=3).latest_step() == 7
@@ -209,7 +210,7 @@ def test_weight_decay_reaches_dense_kernels_only(runs):
     model = Raceformer(cfg.model, rngs=nnx.Rngs(0))
     model.latent_decoder = LatentDecoder(32, 3, 16, rngs=nnx.Rngs(1))  # brings an nnx.Embed table
     before = _params_by_path(model)
-    optimizer = nnx.Optimizer(model, pretrainer.make_optimizer(cfg), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, pretrain_step.make_optimizer(cfg), wrt=nnx.Param)
     optimizer.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
     after = _params_by_path(model)
     decayed = {k for k in before if not np.array_equal(before[k], after[k])}
@@ -230,8 +231,8 @@ def test_weight_decay_reaches_dense_kernels_only(runs):
 def test_sigterm_during_start_up_still_trains_one_step(runs):
     """A SIGTERM kept from start-up (main installs the flag first) stops the run after one step, not before:
     a job requeued by its time limit always makes progress."""
-    flag = pretrainer.StopFlag()
+    flag = pretrain_loop.StopFlag()
     flag.signum = signal.SIGTERM
-    result = pretrainer.train(tiny_config(runs, "early"), data_fn=tiny_data_fn(), stop_flag=flag, progress=False)
+    result = pretrain_loop.train(tiny_config(runs, "early"), data_fn=tiny_data_fn(), stop_flag=flag, progress=False)
     assert result.stopped_by == "SIGTERM" and result.step == 1 and sorted(result.losses) == [1]
     assert Checkpointer(runs / "early" / "ckpt", save_every=10, keep=3).latest_step() == 1

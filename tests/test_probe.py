@@ -10,6 +10,7 @@ from src import config
 from src.analysis import probe
 from src.config import ModalityConfig, PretrainConfig
 from src.data import synthetic
+from src.pretraining import loop as pretrain_loop
 
 
 def test_probe_recovers_a_linear_relation_and_not_noise():
@@ -53,7 +54,6 @@ def test_reconstruction_correlation_is_one_for_perfect_and_zero_for_noise():
 
 @pytest.fixture(scope="module")
 def tiny_cmht_run(tmp_path_factory):
-    from src.training import pretrainer
 
     root = tmp_path_factory.mktemp("cmht")
     synthetic.write_cmht_sequence(root / "seq", frames=10, seed=0, points=2000, actors=6)
@@ -72,7 +72,7 @@ def tiny_cmht_run(tmp_path_factory):
         training={"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 4,
                   "keep_checkpoints": 1},
     )
-    result = pretrainer.train(cfg, progress=False)
+    result = pretrain_loop.train(cfg, progress=False)
     return result.run_dir, cfg
 
 

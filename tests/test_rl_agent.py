@@ -16,9 +16,12 @@ from PIL import Image
 from src import config
 from src.config import ModalityConfig, ModelConfig, PPOConfig, RLConfig
 from src.envs import gym_wrapper
+from src.infra import plots
 from src.infra.checkpoint import export_encoder
-from src.training import ppo, rl_agent
-from src.training.agent import FROZEN_PREFIXES, RaceformerAgent, load_pretrained
+from src.models.actor_critic import FROZEN_PREFIXES, RaceformerAgent, load_pretrained
+from src.rl import envs as rl_envs
+from src.rl import evaluate, ppo, train_jax, trainer
+from src.training import rl_agent
 from tests.test_ppo import point_env
 
 TINY_MODEL = ModelConfig(
@@ -100,15 +103,15 @@ def test_mismatched_pretrained_checkpoint_lists_paths_and_shapes(tmp_path):
 # --------------------------------------------------------------------------------------------- runs
 
 
-def _point_bundle(num_envs: int) -> rl_agent.EnvBundle:
+def _point_env(num_envs: int) -> rl_envs.TrainingEnv:
     env = point_env()
 
     def evaluate(learner, state, episodes):
-        rec = jax.jit(lambda s, k: rl_agent.jax_eval_rollout(learner, env, s, k, episodes, 16))
+        rec = jax.jit(lambda s, k: evaluate.jax_eval_rollout(learner, env, s, k, episodes, 16))
         return jax.tree.map(np.asarray, rec(state, jax.random.PRNGKey(5)))
 
-    return rl_agent.EnvBundle(
-        1, jnp.zeros(1), lambda learner: ppo.JaxEngine(learner, env, num_envs), evaluate
+    return rl_envs.TrainingEnv(
+        1, jnp.zeros(1), lambda learner: train_jax.JaxEngine(learner, env, num_envs), evaluate
     )
 
 
@@ -135,10 +138,10 @@ def _point_cfg(tmp_path, name: str) -> RLConfig:
 
 
 def test_resume_continues_identically(tmp_path):
-    full = rl_agent.train(_point_cfg(tmp_path, "full"), bundle=_point_bundle(8))
-    part = rl_agent.train(_point_cfg(tmp_path, "split"), bundle=_point_bundle(8), stop_after=2)
+    full = trainer.train(_point_cfg(tmp_path, "full"), env=_point_env(8))
+    part = trainer.train(_point_cfg(tmp_path, "split"), env=_point_env(8), stop_after=2)
     assert len(part.history) == 2
-    rest = rl_agent.train(_point_cfg(tmp_path, "split"), bundle=_point_bundle(8))
+    rest = trainer.train(_point_cfg(tmp_path, "split"), env=_point_env(8))
     assert [h["iteration"] for h in rest.history] == [3, 4]
     assert "eval/return" in rest.history[-1]
     for a, b in zip(full.history[2:], rest.history):
@@ -162,7 +165,7 @@ def test_summarize_eval_racing_figures():
         "total_progress": np.array([[0.5, 0.1], [0.9, 0.2], [1.0, 0.3], [1.0, 0.4]]),
         "wall_collision": np.array([[0, 0], [0, 1], [0, 0], [1, 0]], bool),
     }
-    out = rl_agent.summarize_eval(rec, control_dt=0.5)
+    out = evaluate.summarize_eval(rec, control_dt=0.5)
     assert out["return"] == pytest.approx((10.0 + 4.0) / 2)
     assert out["laps"] == pytest.approx(0.5)
     assert out["lap_time"] == pytest.approx(1.5)  # step index 2 -> 3 steps x 0.5 s
@@ -174,7 +177,7 @@ def test_summarize_eval_racing_figures():
 def test_gif_draws_walls_and_car(tmp_path):
     walls = np.array([[[0.0, 0.0], [10.0, 0.0]], [[0.0, 4.0], [10.0, 4.0]]])
     poses = np.stack([np.linspace(1, 9, 12), np.full(12, 2.0), np.zeros(12)], 1)
-    path = rl_agent.write_gif(tmp_path / "a.gif", walls, poses, frame_every=3, size=64)
+    path = plots.write_gif(tmp_path / "a.gif", walls, poses, frame_every=3, size=64)
     im = Image.open(path)
     assert im.n_frames == 4
     im.seek(3)
@@ -203,7 +206,7 @@ def test_racing_run_and_eval_mode_write_curve_and_gif(tmp_path):
             "eval": {"every": 1, "episodes": 2, "start_positions": 2, "max_steps": 12, "gif_frame_every": 2},
         },
     )
-    result = rl_agent.train(cfg, progress=False)
+    result = trainer.train(cfg, progress=False)
     metrics = result.history[-1]
     assert metrics["env_steps"] == 16.0
     assert 0.0 <= metrics["eval/progress"] < 0.2 and metrics["eval/laps"] == 0.0
@@ -243,8 +246,8 @@ def test_freeze_encoders_in_the_config_reaches_the_optimizer(tmp_path):
                 "finetune": {"freeze_encoders": freeze},
             },
         )
-        bundle = rl_agent.EnvBundle(2, example, make_engine=None, evaluate=None)
-        s = rl_agent.setup(cfg, bundle)
+        env = rl_envs.TrainingEnv(2, example, make_engine=None, evaluate=None)
+        s = trainer.setup(cfg, env)
         state = s.learner.init_state(s.params, example, jax.random.PRNGKey(0))
         before = _leaves_by_path(state.params)
         for i in range(2):
@@ -265,11 +268,11 @@ def test_freeze_encoders_in_the_config_reaches_the_optimizer(tmp_path):
 
 def test_eval_starts_are_spread_evenly_and_validated():
     cfg = _point_cfg_eval(start_positions=4, episodes=8)
-    np.testing.assert_allclose(rl_agent.eval_starts(cfg, 8), [0, 0.25, 0.5, 0.75] * 2)
+    np.testing.assert_allclose(evaluate.eval_starts(cfg, 8), [0, 0.25, 0.5, 0.75] * 2)
     with pytest.raises(config.ConfigError, match="start_positions"):
-        rl_agent.eval_starts(cfg, 3)
+        evaluate.eval_starts(cfg, 3)
     with pytest.raises(config.ConfigError, match="start_positions"):
-        rl_agent.make_bundle(config.replace(cfg, env={"kind": "gymnasium"}))
+        rl_envs.make_training_env(config.replace(cfg, env={"kind": "gymnasium"}))
 
 
 def _point_cfg_eval(**eval_settings) -> RLConfig:
@@ -310,7 +313,7 @@ def test_summarize_eval_reports_the_spread_over_starts():
         "wall_collision": np.array([[0, 1, 0, 1], [1, 1, 1, 0]], bool),
         "start": np.array([0.0, 0.5, 0.0, 0.5]),
     }
-    out = rl_agent.summarize_eval(rec, control_dt=1.0)
+    out = evaluate.summarize_eval(rec, control_dt=1.0)
     assert out["start_positions"] == 2 and out["episodes"] == 4
     assert (out["return"], out["return_min"], out["return_max"]) == (3.0, 1.0, 6.0)
     assert out["return_std"] == pytest.approx(np.std([1.0, 2.0, 3.0, 6.0]))
@@ -364,8 +367,8 @@ def test_bullet_host_engine_feeds_the_agent_contract_obs_final_observations_incl
             },
         },
     )
-    s = rl_agent.setup(cfg)
-    engine = s.bundle.make_engine(s.learner)
+    s = trainer.setup(cfg)
+    engine = s.env.make_engine(s.learner)
     assert isinstance(engine.env, gym_wrapper.ContractObsVectorWrapper)
     raw = engine.env.env = _RawRecorder(engine.env.env)
     sim = raw.unwrapped.get_attr("sim_config")[0]
@@ -385,7 +388,7 @@ def test_bullet_host_engine_feeds_the_agent_contract_obs_final_observations_incl
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), got, want)
 
     engine.reset(seed=0)
-    state = s.learner.init_state(s.params, s.bundle.obs_example, jax.random.PRNGKey(0))
+    state = s.learner.init_state(s.params, s.env.obs_example, jax.random.PRNGKey(0))
     engine.run_iteration(state)
     assert len(seen_policy) == 4 and len(raw.obs) == 5
     for got, env_obs in zip(seen_policy, raw.obs[:4], strict=True):

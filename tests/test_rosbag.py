@@ -10,6 +10,7 @@ from PIL import Image
 from rosbags.rosbag2 import Writer
 
 from src.data import cmht, rosbag
+from src.pretraining import data as pretrain_data
 
 T = rosbag.TYPESTORE.types
 RNG = np.random.default_rng(0)
@@ -293,15 +294,14 @@ def test_convert_cli_maps_topics(bag_root, tmp_path, capsys):
 
 def test_pretrainer_data_from_a_bag_root(bag_root, tmp_path):
     """data.source = "rosbag": bags under data.root are converted once into _converted/ and read as CMHT.
-    (A full `pretrainer.train` on it compiles a new model shape: ~40 s, over this file's budget.)"""
+    (A full `pretrain_loop.train` on it compiles a new model shape: ~40 s, over this file's budget.)"""
     from src.config import ModalityConfig
-    from src.training import pretrainer
     from tests._pretrain_fakes import tiny_config
 
     shapes = {"lidar": (32, 32, 4), "rgb": (32, 32, 3), "gps": (5,)}
     cfg = tiny_config(tmp_path, "bag", model={"modalities": {k: ModalityConfig(v) for k, v in shapes.items()}},
                       data={"source": "rosbag", "root": str(bag_root), "shuffle": False})  # fmt: skip
-    batch = next(pretrainer.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))
+    batch = next(pretrain_data.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))
     first = bag_root / "_converted" / "drive_1" / "lidar" / "00000005.pcd"
     stamp = first.stat().st_mtime_ns
     assert set(batch) == {"lidar", "rgb", "gps", "valid", "timestamp"}
@@ -309,9 +309,9 @@ def test_pretrainer_data_from_a_bag_root(bag_root, tmp_path):
     assert batch["valid"]["lidar"].all() and batch["valid"]["rgb"].all()
     assert batch["lidar"][..., 0].sum(axis=(1, 2)).min() > 0  # occupied BEV cells from the bag's points
     np.testing.assert_allclose(batch["timestamp"], CONV_T["lidar"], atol=1e-9)
-    again = next(pretrainer.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))
+    again = next(pretrain_data.build_data(cfg, batch_size=6, shard_index=0, shard_count=1))
     np.testing.assert_array_equal(again["lidar"], batch["lidar"])
     assert first.stat().st_mtime_ns == stamp  # converted once, reused
     missing = tiny_config(tmp_path, "bag", data={"source": "rosbag", "root": str(tmp_path / "nothing")})
     with pytest.raises(FileNotFoundError, match="nothing"):
-        pretrainer.build_data(missing, batch_size=2, shard_index=0, shard_count=1)
+        pretrain_data.build_data(missing, batch_size=2, shard_index=0, shard_count=1)

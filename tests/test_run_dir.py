@@ -12,8 +12,8 @@ import pytest
 from src import config
 from src.config import ConfigError, PretrainConfig, RLConfig
 from src.infra import run_dir
-from src.training import rl_agent
-from tests.test_rl_agent import _point_bundle, _point_cfg
+from src.rl import trainer
+from tests.test_rl_agent import _point_cfg, _point_env
 
 
 def _cfg(tmp_path, **sections) -> PretrainConfig:
@@ -77,7 +77,7 @@ def ppo_run(tmp_path_factory):
     """4 PPO iterations on the point env, logged every 2 iterations, checkpoints at 2 and 4."""
     out = tmp_path_factory.mktemp("ppo")
     cfg = config.replace(_point_cfg(out, "logged"), ppo={"log_every": 2})
-    return cfg, rl_agent.train(cfg, bundle=_point_bundle(8), progress=False)
+    return cfg, trainer.train(cfg, env=_point_env(8), progress=False)
 
 
 def test_ppo_log_lines_aggregate_their_window(ppo_run):
@@ -98,7 +98,7 @@ def test_ppo_log_lines_aggregate_their_window(ppo_run):
 
 def test_ppo_resume_false_starts_over(ppo_run):
     cfg, first = ppo_run
-    again = rl_agent.train(config.replace(cfg, run={"resume": False}), bundle=_point_bundle(8), stop_after=1,
+    again = trainer.train(config.replace(cfg, run={"resume": False}), env=_point_env(8), stop_after=1,
                            progress=False)
     assert [h["iteration"] for h in again.history] == [1]
     assert again.history[0]["loss/value"] == first.history[0]["loss/value"]  # a fresh start, same seed

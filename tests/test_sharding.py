@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from src.config import ConfigError, MeshConfig
 from src.infra import sharding
-from src.training import pretrainer
+from src.pretraining import loop as pretrain_loop
 from tests._pretrain_fakes import tiny_config, tiny_data_fn
 
 TESTS = Path(__file__).parent
@@ -132,7 +132,7 @@ def test_resume_with_another_process_count_names_both_layouts(subprocess_runs):
     cfg = tiny_config(out / "runs", "two", ("lidar", "gps"), training={"steps": 6, "checkpoint_every": 2})
     with pytest.raises(ConfigError, match=r"ckpt/4 was written by 2 processes \(mesh data=2 x fsdp=1\), but this "
                                           r"run has 1 process \(mesh data=1 x fsdp=1\)"):
-        pretrainer.train(cfg, data_fn=tiny_data_fn(), progress=False)
+        pretrain_loop.train(cfg, data_fn=tiny_data_fn(), progress=False)
 
 
 @pytest.mark.slow

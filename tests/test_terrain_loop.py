@@ -11,7 +11,8 @@ from src.config import RLConfig
 from src.envs import surfaces
 from src.infra.checkpoint import Checkpointer
 from src.objectives.contrastive import l2_normalize
-from src.training import rl_agent, terrain, terrain_loop
+from src.rl import envs as rl_envs
+from src.training import terrain, terrain_loop
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def _rl_cfg(run, weight):
 
 def test_ground_cost_is_the_cost_of_the_patch_under_the_car(terrain_run):
     cfg, out, encoder, head = terrain_run
-    _, params = rl_agent.racing_env(_rl_cfg(out, 0.0))
+    _, params = rl_envs.racing_env(_rl_cfg(out, 0.0))
     cost_of = terrain.ground_cost_fn(out, params.terrain)
     pose = jnp.asarray(params.start)
     # the same patch cropped from a larger ground image at the run's scale (6 px centred on the rear axle)
@@ -63,7 +64,7 @@ def test_ground_cost_is_the_cost_of_the_patch_under_the_car(terrain_run):
 
 def test_cost_reward_is_the_progress_reward_minus_weight_times_cost(terrain_run):
     _, out, _, _ = terrain_run
-    env, params = rl_agent.racing_env(_rl_cfg(out, 0.5))
+    env, params = rl_envs.racing_env(_rl_cfg(out, 0.5))
     key = jax.random.key(0)
     _, state = env.reset(key)
     step = jax.jit(env.step)
@@ -79,7 +80,7 @@ def test_cost_reward_is_the_progress_reward_minus_weight_times_cost(terrain_run)
 def test_cost_weight_needs_surfaces_and_a_run():
     cfg = config.replace(RLConfig(), env={"kind": "jax_racecar", "lidar_rays": 8, "terrain_cost_weight": 0.1})
     with pytest.raises(config.ConfigError, match="env.surfaces"):
-        rl_agent.racing_env(cfg)
+        rl_envs.racing_env(cfg)
 
 
 def test_surface_fractions_count_each_episode_until_it_ends():

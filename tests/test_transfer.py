@@ -10,7 +10,8 @@ import pytest
 
 from src import config
 from src.config import DataConfig, ModelConfig, RLConfig
-from src.training import ppo, rl_agent, transfer
+from src.rl import train_jax, trainer
+from src.training import transfer
 from src.training.transfer import TransferConfig
 
 
@@ -30,13 +31,13 @@ def _pendulum_cfg(tmp_path) -> RLConfig:
 def test_a_vmapped_seed_equals_the_same_seed_run_alone(tmp_path):
     """`SeedBatch` advances seeds 0 and 1 as one vmapped program; each equals `JaxEngine` on that seed alone."""
     cfg = _pendulum_cfg(tmp_path)
-    setups = [rl_agent.setup(config.replace(cfg, run={"seed": s})) for s in (0, 1)]
+    setups = [trainer.setup(config.replace(cfg, run={"seed": s})) for s in (0, 1)]
     learner = setups[0].learner
-    engine = ppo.JaxEngine(learner, setups[0].bundle.make_engine(learner).env, cfg.env.num_envs)
-    example = setups[0].bundle.obs_example
+    engine = train_jax.JaxEngine(learner, setups[0].env.make_engine(learner).env, cfg.env.num_envs)
+    example = setups[0].env.obs_example
     trains = [learner.init_state(su.params, example, jax.random.PRNGKey(10 + s)) for s, su in enumerate(setups)]
     keys = [jax.random.PRNGKey(20 + s) for s in (0, 1)]
-    batch = ppo.SeedBatch(engine)
+    batch = train_jax.SeedBatch(engine)
     runner = batch.init(trains, keys)
     alone = [engine.init(t, k) for t, k in zip(trains, keys)]
     for _ in range(3):
@@ -47,12 +48,12 @@ def test_a_vmapped_seed_equals_the_same_seed_run_alone(tmp_path):
                 m["loss/total" if "loss/total" in m else "value/mean"], rel=1e-4, abs=1e-5
             )
     for s in (0, 1):
-        got, want = ppo.SeedBatch.seed(runner, s), alone[s]
+        got, want = train_jax.SeedBatch.seed(runner, s), alone[s]
         jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5),
                      got.train.params, want.train.params)
         np.testing.assert_array_equal(np.asarray(got.train.env_steps), np.asarray(want.train.env_steps))
     # the seeds really differ (a batch that broadcast one seed would pass the loop above only by accident)
-    p0, p1 = (jax.tree.leaves(ppo.SeedBatch.seed(runner, s).train.params)[0] for s in (0, 1))
+    p0, p1 = (jax.tree.leaves(train_jax.SeedBatch.seed(runner, s).train.params)[0] for s in (0, 1))
     assert not np.allclose(np.asarray(p0), np.asarray(p1))
 
 

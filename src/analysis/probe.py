@@ -33,6 +33,7 @@ from src.data import cmht, pipeline
 from src.infra.checkpoint import import_encoder, load_encoder_config
 from src.models.raceformer import Raceformer
 from src.objectives.masked_modeling import masked_predictions
+from src.pretraining import step as pretrain_step
 
 RADIUS_M = 20.0  # an object within this range of the LiDAR counts for its quadrant
 FAR_M = 50.0  # nearest-object distance cap (also the value of a sample with no labelled object)
@@ -205,14 +206,13 @@ def labelled_samples(cfg: PretrainConfig, max_samples: int = 256) -> tuple[dict[
 def restore_pretrained(run_dir: Path, cfg: PretrainConfig) -> Raceformer | None:
     """The full pretrained model (with its masked-modeling head) from the run's latest checkpoint, if any."""
     from src.infra.checkpoint import Checkpointer
-    from src.training import pretrainer
 
     ckpt = Checkpointer(run_dir / "ckpt", save_every=1, keep=1)
     try:
         step = ckpt.latest_step()
         if step is None:
             return None
-        s = pretrainer.setup(cfg)
+        s = pretrain_step.setup(cfg)
         state, _ = ckpt.restore(step, s.state)
         nnx.update(s.model, state["model"])
         return s.model

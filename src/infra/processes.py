@@ -1,7 +1,7 @@
 """Process-level set-up shared by the entry points and the Grain data workers.
 
 - `prepare_process`: what every entry point needs before it builds a Grain pipeline, whether it runs as
-  `python -m ...` or is called as a library (`pretrainer.train`, `rl_agent.train`, `transfer`): absl flags
+  `python -m ...` or is called as a library (`src.pretraining.loop.train`, `src.rl.trainer.train`, `transfer`): absl flags
   marked parsed, since Grain's spawned workers read absl flags (and absl logging warns before they are parsed).
 - `worker_init`: the `worker_init_fn` of every `mp_prefetch`: a worker exits within `PARENT_POLL_S` of its
   parent's death (a `kill -9`, the OOM killer, a closed terminal), instead of living on as an orphan.

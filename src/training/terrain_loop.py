@@ -26,7 +26,8 @@ import numpy as np
 from src import config
 from src.config import RLConfig
 from src.envs import surfaces
-from src.training import rl_agent
+from src.rl import envs as rl_envs
+from src.rl import evaluate, trainer
 
 
 def surface_fractions(rec: dict[str, np.ndarray], terrain: surfaces.TerrainParams) -> dict[str, float]:
@@ -39,11 +40,11 @@ def surface_fractions(rec: dict[str, np.ndarray], terrain: surfaces.TerrainParam
 
 
 def run_one(cfg: RLConfig) -> dict[str, Any]:
-    bundle = rl_agent.make_bundle(cfg)
-    result = rl_agent.train(cfg, resume=False, bundle=bundle, progress=False)
-    rec = bundle.evaluate(result.learner, result.state, cfg.eval.episodes)
-    figures = rl_agent.summarize_eval(rec, bundle.control_dt)
-    _, params = rl_agent.racing_env(cfg)
+    env = rl_envs.make_training_env(cfg)
+    result = trainer.train(cfg, resume=False, env=env, progress=False)
+    rec = env.evaluate(result.learner, result.state, cfg.eval.episodes)
+    figures = evaluate.summarize_eval(rec, env.control_dt)
+    _, params = rl_envs.racing_env(cfg)
     figures["surface_fraction"] = surface_fractions(rec, params.terrain)
     figures["train_wall_s"] = result.wall_s
     return figures

@@ -22,7 +22,7 @@ top speed (`transfer.max_speed`) makes the minimum-time lap slower than flooring
 per step (`transfer.frame_reward`) makes the return grow with lap speed: return = 100 * laps - cost * steps.
 Every lap time is reported beside that track's minimum-time lap (`src.envs.laptime`).
 
-Seeds run as a vmap axis of the jitted PPO engine (`ppo.SeedBatch`). Each variant is evaluated at the budgets
+Seeds run as a vmap axis of the jitted PPO engine (`train_jax.SeedBatch`). Each variant is evaluated at the budgets
 `transfer.budgets` (fractions of training) and the result of one (variant, seed group) is written to
 `<run dir>/parts/<variant>__seeds<a>-<b>.npz` (plain arrays, a JSON record with the config hash) at once, so
 SLURM array tasks can each run a part (`--variants`, `--seeds`) and `--report-only` aggregates every part
@@ -64,7 +64,9 @@ from src.envs import controllers, jax_racecar, laptime
 from src.envs.tracks import Track, get_track, procedural_track
 from src.infra import processes
 from src.infra.checkpoint import ENCODER_PARTS, encoder_sha256
-from src.training import ppo, rl_agent
+from src.pretraining import loop as pretrain_loop
+from src.rl import envs as rl_envs
+from src.rl import evaluate, ppo, train_jax, trainer
 
 BASE_VARIANTS = ("scratch", "frozen_random", "frozen_pretrained", "finetuned")
 PRETRAINED = ("frozen_pretrained", "finetuned")
@@ -216,7 +218,7 @@ def rl_config(cfg: TransferConfig, name: str = "transfer", pretrained: str = "",
 def env_params(cfg: TransferConfig, track: Track, reset_mode: str | None = None) -> Any:
     """The racing env on `track` with the experiment's car: the run's sensors and task, the camera at the
     model's rgb size, `transfer.max_speed` and the time cost per step."""
-    settings = rl_agent.env_settings(rl_config(cfg))
+    settings = rl_envs.env_settings(rl_config(cfg))
     if reset_mode is not None:
         settings["reset_mode"] = reset_mode
     if "rgb" in cfg.model.modalities:
@@ -227,7 +229,7 @@ def env_params(cfg: TransferConfig, track: Track, reset_mode: str | None = None)
     )
 
 
-def multi_track_env(cfg: TransferConfig, tracks: list[Track]) -> tuple[ppo.JaxEnv, list[Any]]:
+def multi_track_env(cfg: TransferConfig, tracks: list[Track]) -> tuple[train_jax.JaxEnv, list[Any]]:
     """`env.num_envs` cars split into equal contiguous slices, slice k on track k.
 
     Why slices: a track is a set of arrays of its own shapes (walls, distance and progress grids), so cars on
@@ -238,7 +240,7 @@ def multi_track_env(cfg: TransferConfig, tracks: list[Track]) -> tuple[ppo.JaxEn
         raise config.ConfigError(f"env.num_envs={n} must be a multiple of the {k} transfer.train_tracks")
     per = n // k
     params = [env_params(cfg, t) for t in tracks]
-    obs_fn = rl_agent.contract_obs_fn(rl_config(cfg), params[0])
+    obs_fn = rl_envs.contract_obs_fn(rl_config(cfg), params[0])
 
     def cut(tree: Any, i: int) -> Any:
         return jax.tree.map(lambda x: x[i * per : (i + 1) * per], tree)
@@ -257,18 +259,18 @@ def multi_track_env(cfg: TransferConfig, tracks: list[Track]) -> tuple[ppo.JaxEn
         ]
         return tuple(cat([o[j] for o in outs]) for j in range(6))
 
-    env = ppo.JaxEnv(
+    env = train_jax.JaxEnv(
         reset=lambda key: jax_racecar.reset(key, params[0]),
         step=lambda key, state, action: jax_racecar.step(key, state, action, params[0]),
         obs_fn=obs_fn,
-        episode_info=rl_agent.RACING_INFO,
+        episode_info=evaluate.RACING_INFO,
         reset_batch=reset_batch,
         step_batch=step_batch,
     )
     return env, params
 
 
-def env_example(env: ppo.JaxEnv) -> Any:
+def env_example(env: train_jax.JaxEnv) -> Any:
     """One agent observation (no batch axis) of the env: what the agent is sized for."""
     return jax.jit(lambda key: env.obs_fn(env.reset(key)[0]))(jax.random.PRNGKey(0))
 
@@ -288,11 +290,11 @@ def eval_track(cfg: TransferConfig, spec: str) -> EvalTrack:
     one deterministic episode each (one lap or `eval.max_steps` steps)."""
     track = load_track(spec)
     params = env_params(cfg, track, reset_mode="grid")
-    env = ppo.JaxEnv(
+    env = train_jax.JaxEnv(
         reset=lambda key: jax_racecar.reset(key, params),
         step=lambda key, state, action: jax_racecar.step(key, state, action, params),
-        obs_fn=rl_agent.contract_obs_fn(rl_config(cfg), params),
-        episode_info=rl_agent.RACING_INFO,
+        obs_fn=rl_envs.contract_obs_fn(rl_config(cfg), params),
+        episode_info=evaluate.RACING_INFO,
     )
     k = cfg.eval.start_positions
     starts = jnp.arange(k, dtype=jnp.float32) / k
@@ -304,13 +306,13 @@ def eval_track(cfg: TransferConfig, spec: str) -> EvalTrack:
 
     def rollout(learner: ppo.Learner, states: ppo.TrainState) -> dict[str, np.ndarray]:
         if id(learner) not in compiled:
-            one = lambda s, key: rl_agent.jax_eval_rollout(  # noqa: E731
+            one = lambda s, key: evaluate.jax_eval_rollout(  # noqa: E731
                 learner, env, s, key, k, cfg.eval.max_steps, reset
             )
             compiled[id(learner)] = jax.jit(jax.vmap(one, in_axes=(0, None)))
         rec = jax.device_get(compiled[id(learner)](states, jax.random.PRNGKey(cfg.run.seed + 10_000)))
         n_seeds = len(rec["done"])
-        per = [rl_agent.episode_figures({k_: v[s] for k_, v in rec.items()}, params.control_dt) for s in range(n_seeds)]
+        per = [evaluate.episode_figures({k_: v[s] for k_, v in rec.items()}, params.control_dt) for s in range(n_seeds)]
         return {key: np.stack([p[key] for p in per]) for key in ("return", "clean", "lap_time")}
 
     limits = laptime.CarLimits.from_params(params)
@@ -339,7 +341,7 @@ def record_sim_frames(cfg: TransferConfig, tracks: list[Track], seed: int) -> di
     `tracks`: stacked arrays {modality: [F, ...], "valid": {modality: [F]}}, exactly what the policy sees."""
     rec = cfg.pretrain.sim
     all_params = [env_params(cfg, track, reset_mode="random") for track in tracks]
-    obs_fn = rl_agent.contract_obs_fn(rl_config(cfg), all_params[0])  # the scan layout is the same on every track
+    obs_fn = rl_envs.contract_obs_fn(rl_config(cfg), all_params[0])  # the scan layout is the same on every track
     frames: list[dict[str, Any]] = []
     for t_index, params in enumerate(all_params):
 
@@ -404,7 +406,6 @@ def pretrain(cfg: TransferConfig, source: str, tracks: list[Track]) -> Path:
     """Run (or reuse) the pretraining of `source`; returns its exported encoder. Skipped when the export exists
     and the run's stored config equals this one; a different stored config is the pretrainer's error (it
     names the keys and says how to start over)."""
-    from src.training import pretrainer
 
     pcfg = pretrain_config(cfg, source)
     out = Path(pcfg.run.out_dir) / pcfg.run.name
@@ -414,7 +415,7 @@ def pretrain(cfg: TransferConfig, source: str, tracks: list[Track]) -> Path:
         return encoder
     if source == "cmht":
         check_cmht_source(pcfg.data, pcfg.model)
-    result = pretrainer.train(pcfg, data_fn=sim_data_fn(cfg, tracks) if source == "sim" else None, progress=False)
+    result = pretrain_loop.train(pcfg, data_fn=sim_data_fn(cfg, tracks) if source == "sim" else None, progress=False)
     if result.encoder_dir is None:
         raise RuntimeError(f"pretraining {out} exported no encoder (stopped by {result.stopped_by})")
     print(f"[pretrain {source}] {result.step} steps in {result.wall_s:.0f} s -> {result.encoder_dir}", flush=True)
@@ -470,9 +471,9 @@ def run_part(
     variant: str,
     seeds: tuple[int, ...],
     encoders: dict[str, Path],
-    env: ppo.JaxEnv,
+    env: train_jax.JaxEnv,
     evals: list[EvalTrack],
-    engines: dict[tuple[bool, bool], ppo.SeedBatch],
+    engines: dict[tuple[bool, bool], train_jax.SeedBatch],
     example: Any,
 ) -> dict[str, Any]:
     """Train `variant` for `seeds` as one vmapped batch, evaluate at every budget; returns the part's arrays
@@ -486,11 +487,13 @@ def run_part(
     for s in seeds:
         rl = rl_config(cfg, f"{variant}_seed{s}", encoder, freeze)
         rl = config.replace(rl, run={"seed": cfg.run.seed + s})
-        bundle = rl_agent.EnvBundle(2, example, lambda learner: ppo.JaxEngine(learner, env, cfg.env.num_envs), None)
-        setups.append(rl_agent.setup(rl, bundle))
+        training_env = rl_envs.TrainingEnv(
+            2, example, lambda learner: train_jax.JaxEngine(learner, env, cfg.env.num_envs), None
+        )
+        setups.append(trainer.setup(rl, training_env))
     kind = (freeze, bool(encoder))
     if kind not in engines:
-        engines[kind] = ppo.SeedBatch(ppo.JaxEngine(setups[0].learner, env, cfg.env.num_envs))
+        engines[kind] = train_jax.SeedBatch(train_jax.JaxEngine(setups[0].learner, env, cfg.env.num_envs))
     batch = engines[kind]
     learner = batch.engine.learner
     trains = [
@@ -517,7 +520,7 @@ def run_part(
                 + ", ".join(f"{ev.name} return {np.mean(arrays[f'{ev.name}/return'][-1]):.1f}" for ev in evals),
                 flush=True,
             )
-    final = [params_digest(learner.module(ppo.SeedBatch.seed(runner, i).train.params).model) for i in range(len(seeds))]
+    final = [params_digest(learner.module(train_jax.SeedBatch.seed(runner, i).train.params).model) for i in range(len(seeds))]
     out = {k: np.stack(v, axis=1) for k, v in arrays.items()}  # [S, B, E]
     out["train_return"] = np.asarray(train_returns, np.float64).T  # [S, iterations]
     record = {
@@ -684,7 +687,7 @@ def run(
         return None
     evals = [eval_track(cfg, t) for t in cfg.transfer.eval_tracks]
     env, _ = multi_track_env(cfg, train_tracks)
-    engines: dict[tuple[bool, bool], ppo.SeedBatch] = {}
+    engines: dict[tuple[bool, bool], train_jax.SeedBatch] = {}
     example = env_example(env)
     for v in variants:
         todo = tuple(s for s in seeds if s not in done_seeds(existing_parts(cfg), v))
