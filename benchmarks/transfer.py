@@ -19,7 +19,8 @@ import jax
 from src import config
 from src.rl import envs as rl_envs
 from src.rl import train_jax, trainer
-from src.training import transfer
+from src.transfer import config as transfer_config
+from src.transfer import tracks as transfer_tracks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "transfer_racecar.toml"
 
@@ -30,12 +31,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    cfg = config.load(transfer.TransferConfig, CONFIG, args.overrides)
-    env, _ = transfer.multi_track_env(cfg, [transfer.load_track(t) for t in cfg.transfer.train_tracks])
-    example = transfer.env_example(env)
+    cfg = config.load(transfer_config.TransferConfig, CONFIG, args.overrides)
+    env, _ = transfer_tracks.multi_track_env(cfg, [transfer_tracks.load_track(t) for t in cfg.transfer.train_tracks])
+    example = transfer_tracks.env_example(env)
     setups = []
     for s in range(args.seeds):
-        rl = config.replace(transfer.rl_config(cfg), run={"seed": s})
+        rl = config.replace(transfer_config.rl_config(cfg), run={"seed": s})
         training_env = rl_envs.TrainingEnv(2, example, None, None)
         setups.append(trainer.setup(rl, training_env))
     learner = setups[0].learner

@@ -13,7 +13,7 @@ def _schema_for(path: Path) -> type:
     """Pretraining configs have a [training] section; RL configs a [ppo] section."""
     text = path.read_text()
     if path.name.startswith("transfer_"):
-        from src.training.transfer import TransferConfig
+        from src.transfer.config import TransferConfig
 
         return TransferConfig
     if "[ppo]" in text:

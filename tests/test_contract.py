@@ -24,7 +24,7 @@ from src.infra.checkpoint import Checkpointer, check_encoder_fits, check_encoder
 from src.models.actor_critic import RaceformerAgent
 from src.rl import envs as rl_envs
 from src.rl import normalize, train_jax, trainer
-from src.training import transfer
+from src.transfer import config as transfer_config
 from tests.test_ppo import point_env
 
 # A pretraining BEV that is neither the default extent nor 64x64: it must reach the simulator as it is.
@@ -93,14 +93,14 @@ def test_pretraining_bev_settings_reach_the_simulator(scene):
     """The transfer experiment gives its pretraining runs and every variant one [model], so the pretraining
     [model.bev] shapes the simulator's BEV."""
     obs, _, params = scene
-    base = config.load(transfer.TransferConfig, None, ["env.lidar_rays=360"])
+    base = config.load(transfer_config.TransferConfig, None, ["env.lidar_rays=360"])
     pre = dataclasses.replace(ModelConfig(), modalities={"lidar": ModalityConfig(LIDAR)}, bev=BEV)
     bevs = []
     for x_range in (BEV.x_range, (-4.8, 14.4)):  # change one setting
         model = dataclasses.replace(pre, bev=dataclasses.replace(BEV, x_range=x_range))
         experiment = config.replace(base, model=model)
-        assert transfer.pretrain_config(experiment, "cmht").model.bev == model.bev
-        cfg = transfer.rl_config(experiment, "frozen", "", True)
+        assert transfer_config.pretrain_config(experiment, "cmht").model.bev == model.bev
+        cfg = transfer_config.rl_config(experiment, "frozen", "", True)
         got = np.asarray(jax.jit(rl_envs.contract_obs_fn(cfg, params))(obs)["lidar"])
         assert got.shape == LIDAR
         np.testing.assert_array_equal(got, _sim_bev(obs, params, model.bev))

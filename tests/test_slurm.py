@@ -22,6 +22,9 @@ import pytest
 
 from src import config
 from src.config import ModalityConfig, PretrainConfig
+from src.transfer import config as transfer_config
+from src.transfer import experiment
+from src.transfer import parts as transfer_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "slurm" / "pretrain_cpu.sbatch"
@@ -251,7 +254,6 @@ def test_transfer_job_array_gives_the_one_machine_report(tmp_path):
     """scripts/slurm/transfer_array.sh with one seed per task: a pretraining job, an array of (variant, seed)
     tasks, then the report job. Every task ran in its own process with its seed alone, yet the aggregated report
     holds the same numbers as the one-machine command, which runs both seeds vmapped in one program."""
-    from src.training import transfer
 
     cfg = _transfer_cfg(tmp_path / "array", "tiny")
     path = config.save(cfg, tmp_path / "tiny.toml")
@@ -268,19 +270,19 @@ def test_transfer_job_array_gives_the_one_machine_report(tmp_path):
         "scratch 0-0", "scratch 1-1", "frozen_random 0-0", "frozen_random 1-1", ""]
     # the one-machine command on the same config (another run directory) while the jobs run
     alone = _transfer_cfg(tmp_path / "one", "tiny")
-    transfer.run(alone, transfer.variant_names(alone), (0, 1))
+    experiment.run(alone, transfer_config.variant_names(alone), (0, 1))
     infos = wait_done(ids, {k: tmp_path / f"raceformer-transfer-{j}.out" for k, j in ids.items()}, 1500)
     logs = "\n".join(f.read_text(errors="replace")[-1500:] for f in sorted(tmp_path.glob("*.out")))
     assert {k: v["JobState"] for k, v in infos.items()} == dict.fromkeys(ids, "COMPLETED"), logs
-    array_parts = {(p["record"]["variant"], tuple(p["record"]["seeds"])): p for p in transfer.existing_parts(cfg)}
+    array_parts = {(p["record"]["variant"], tuple(p["record"]["seeds"])): p for p in transfer_parts.existing_parts(cfg)}
     assert sorted(array_parts) == [("frozen_random", (0,)), ("frozen_random", (1,)), ("scratch", (0,)),
                                    ("scratch", (1,))]
-    one = {p["record"]["variant"]: p for p in transfer.existing_parts(alone)}
+    one = {p["record"]["variant"]: p for p in transfer_parts.existing_parts(alone)}
     for (variant, (seed,)), part in array_parts.items():
         for key, value in part["arrays"].items():
             np.testing.assert_allclose(value[0], one[variant]["arrays"][key][seed], rtol=1e-3, atol=1e-3,
                                        err_msg=f"{variant} seed {seed} {key}")
-    summary = json.loads((transfer.run_path(cfg) / "report" / "summary.json").read_text())
+    summary = json.loads((transfer_config.run_path(cfg) / "report" / "summary.json").read_text())
     assert summary["seeds"] == {"scratch": [0, 1], "frozen_random": [0, 1]}
     assert summary["frozen_encoder_unchanged"] == {"frozen_random": True}
-    assert "IQM" in (transfer.run_path(cfg) / "report" / "report.md").read_text()
+    assert "IQM" in (transfer_config.run_path(cfg) / "report" / "report.md").read_text()

@@ -12,7 +12,10 @@ from src import config
 from src.config import DataConfig, ModelConfig, RLConfig
 from src.rl import train_jax, trainer
 from src.training import transfer
-from src.training.transfer import TransferConfig
+from src.transfer import config as transfer_config
+from src.transfer import parts as transfer_parts
+from src.transfer import pretrain as transfer_pretrain
+from src.transfer.config import TransferConfig
 
 
 def _pendulum_cfg(tmp_path) -> RLConfig:
@@ -63,32 +66,32 @@ def test_a_vmapped_seed_equals_the_same_seed_run_alone(tmp_path):
 def test_unknown_variants_and_seed_ranges_are_named():
     cfg = TransferConfig()
     with pytest.raises(ValueError, match=r"unknown variant 'warm'; valid: \['scratch', 'frozen_random'"):
-        transfer.select_variants(cfg, "scratch,warm")
-    assert transfer.select_variants(cfg, "finetuned,scratch") == ("finetuned_cmht", "finetuned_sim", "scratch")
-    assert transfer.select_seeds(cfg, "1-3") == (1, 2, 3)
-    assert transfer.select_seeds(cfg, "0,4") == (0, 4)
+        transfer_config.select_variants(cfg, "scratch,warm")
+    assert transfer_config.select_variants(cfg, "finetuned,scratch") == ("finetuned_cmht", "finetuned_sim", "scratch")
+    assert transfer_config.select_seeds(cfg, "1-3") == (1, 2, 3)
+    assert transfer_config.select_seeds(cfg, "0,4") == (0, 4)
     with pytest.raises(ValueError, match=r"seeds must lie in 0\.\.4"):
-        transfer.select_seeds(cfg, "3-5")
+        transfer_config.select_seeds(cfg, "3-5")
     bad = config.replace(cfg, transfer={"variants": ("scratch", "warm")})
     with pytest.raises(config.ConfigError, match=r"transfer.variants: unknown \['warm'\]"):
-        transfer.variant_names(bad)
+        transfer_config.variant_names(bad)
 
 
 def test_a_cmht_root_without_samples_is_an_error_naming_it(tmp_path):
     empty = tmp_path / "empty_root"
     empty.mkdir()
     with pytest.raises((ValueError, FileNotFoundError), match=str(empty)):
-        transfer.check_cmht_source(DataConfig(root=str(empty)), ModelConfig())
+        transfer_pretrain.check_cmht_source(DataConfig(root=str(empty)), ModelConfig())
 
 
 def test_every_variant_takes_the_experiment_model_and_its_bev():
     """Pretraining runs and PPO variants share the one [model], so [model.bev] shapes the simulator's BEV."""
     cfg = config.load(TransferConfig, "configs/transfer_racecar.toml")
-    for source in transfer.SOURCES:
-        assert transfer.pretrain_config(cfg, source).model == cfg.model
-    rl = transfer.rl_config(cfg, "x", "enc", True)
+    for source in transfer_config.SOURCES:
+        assert transfer_config.pretrain_config(cfg, source).model == cfg.model
+    rl = transfer_config.rl_config(cfg, "x", "enc", True)
     assert rl.model == cfg.model and rl.finetune.freeze_encoders and rl.finetune.pretrained_ckpt == "enc"
-    assert transfer.source_of("finetuned_sim") == "sim" and transfer.source_of("frozen_random") is None
+    assert transfer_config.source_of("finetuned_sim") == "sim" and transfer_config.source_of("frozen_random") is None
 
 
 # --------------------------------------------------------------------------------------------- end to end
@@ -130,10 +133,10 @@ def test_the_experiment_end_to_end(tiny_cmht_root, tmp_path, capsys):
     cfg = _tiny(tmp_path, tiny_cmht_root)
     cfg_path = config.save(cfg, tmp_path / "tiny.toml")
     assert transfer.main(["--config", str(cfg_path)]) == 0
-    out = transfer.run_path(cfg)
-    variants = transfer.variant_names(cfg)
+    out = transfer_config.run_path(cfg)
+    variants = transfer_config.variant_names(cfg)
     assert len(variants) == 6
-    parts = {p["record"]["variant"]: p for p in transfer.existing_parts(cfg)}
+    parts = {p["record"]["variant"]: p for p in transfer_parts.existing_parts(cfg)}
     assert set(parts) == set(variants)  # every variant ran ...
     for v, p in parts.items():
         assert p["record"]["seeds"] == [0, 1]
@@ -148,7 +151,7 @@ def test_the_experiment_end_to_end(tiny_cmht_root, tmp_path, capsys):
             assert all(a != b for a, b in zip(initial, final))  # trained ones moved
     assert parts["frozen_random"]["record"]["encoder_digest_initial"][0] != \
         parts["frozen_random"]["record"]["encoder_digest_initial"][1]  # one random encoder per seed
-    for source in transfer.SOURCES:  # the imported encoder is the export, bitwise
+    for source in transfer_config.SOURCES:  # the imported encoder is the export, bitwise
         from flax import nnx
 
         from src.infra.checkpoint import import_encoder
@@ -157,7 +160,7 @@ def test_the_experiment_end_to_end(tiny_cmht_root, tmp_path, capsys):
         model = Raceformer(cfg.model, rngs=nnx.Rngs(99))
         import_encoder(model, out / f"pretrain_{source}" / "encoder")
         assert parts[f"frozen_pretrained_{source}"]["record"]["encoder_digest_initial"] == [
-            transfer.params_digest(model)
+            transfer_parts.params_digest(model)
         ] * 2
     results = json.loads((out / "report" / "procedural_101" / "results.json").read_text())
     for v in variants:

@@ -30,7 +30,7 @@ from flax import nnx
 from src import config
 from src.config import PretrainConfig
 from src.data import cmht, pipeline
-from src.infra.checkpoint import import_encoder, load_encoder_config
+from src.infra.checkpoint import Checkpointer, import_encoder, load_encoder_config
 from src.models.raceformer import Raceformer
 from src.objectives.masked_modeling import masked_predictions
 from src.pretraining import step as pretrain_step
@@ -205,8 +205,6 @@ def labelled_samples(cfg: PretrainConfig, max_samples: int = 256) -> tuple[dict[
 
 def restore_pretrained(run_dir: Path, cfg: PretrainConfig) -> Raceformer | None:
     """The full pretrained model (with its masked-modeling head) from the run's latest checkpoint, if any."""
-    from src.infra.checkpoint import Checkpointer
-
     ckpt = Checkpointer(run_dir / "ckpt", save_every=1, keep=1)
     try:
         step = ckpt.latest_step()
