@@ -35,7 +35,7 @@ from flax import nnx
 
 from src import config, contract
 from src.config import BevConfig, ConfigError, MeshConfig, RunConfig
-from src.data import cmht
+from src.data.cmht import index
 from src.terrain import dataset, sim, sources, spec
 from src.terrain.extract import GroundGeometry, ScanConfig, extract_patches
 from src.terrain.models import CostHead, PatchEncoder, PatchModel, PatchViT
@@ -194,7 +194,7 @@ def trajectory_folders(cfg: TerrainConfig) -> list[Path]:
     root = Path(cfg.source.root)
     if cfg.source.kind in ("topdown", "sim"):
         return sorted(p.parent for p in root.rglob("poses.csv"))
-    return [s.path for s in cmht.find_sequences(root)]
+    return [s.path for s in index.find_sequences(root)]
 
 
 def extract(cfg: TerrainConfig) -> dataset.PatchSet:
@@ -218,7 +218,7 @@ def extract(cfg: TerrainConfig) -> dataset.PatchSet:
             traj, geom = sources.read_topdown_episode(folder)
         else:
             traj = sources.cmht_trajectory(
-                cmht.read_sequence(folder), grid, cfg.source.channels, cfg.source.fill_cells
+                index.read_sequence(folder), grid, cfg.source.channels, cfg.source.fill_cells
             )
             geom = sources.cmht_geometry(grid)
         extractions.append(extract_patches(traj, geom, cfg.scan))

@@ -11,7 +11,7 @@ For N seeds each, PPO trains the variants on the pure-JAX racing env:
 Pretraining sources: `cmht` (CMHT-format data: the synthetic sequence, or a real CMHT root via
 `pretrain.cmht.root`) and `sim`, the positive control: masked modeling on the simulator's own driving, recorded
 on the training tracks through the same sensor contract the policy sees (the episode log format keeps no lidar,
-so the recording is taken here, in memory, with the pure-pursuit driver of `src.data.episodes`' recorder).
+so the recording is taken here, in memory, with the pure-pursuit driver of `src.envs.recorder`).
 Every variant takes the experiment's one `[model]`; the observation holds every modality the simulator produces
 through the contract (lidar BEV on `[model.bev]`, camera RGB, GPS, IMU; radar and IR absent and masked).
 
@@ -391,10 +391,11 @@ def sim_data_fn(cfg: TransferConfig, tracks: list[Track]) -> Callable[..., Itera
 
 def check_cmht_source(data: DataConfig, model: ModelConfig) -> None:
     """A CMHT root without usable samples is an error naming the root (before any training starts)."""
-    from src.data import pipeline
+    from src.data import synthetic
+    from src.data.cmht import dataset
 
-    pipeline.ensure_dataset(data)
-    source = pipeline.build_cmht_source(data, model)
+    synthetic.ensure_dataset(data)
+    source = dataset.build_cmht_source(data, model)
     if len(source) == 0:
         raise ValueError(f"pretrain.cmht.root={data.root}: no usable samples (no LiDAR sweep survived sync)")
 
