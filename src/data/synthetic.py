@@ -73,7 +73,7 @@ IR_CALIB = {
     ],
     "intrinsic": [757.158013839009, 0.0, 336.551379339968, 0.0, 757.102894126381, 272.352206300216, 0.0, 0.0, 1.0],
 }  # fmt: skip
-# radar -> LiDAR pose (SUSTechPOINTS format, `cmht.radar_to_lidar`): 2.2 m ahead, 0.3 m left, 1.3 m below the LiDAR
+# radar -> LiDAR pose (SUSTechPOINTS format, `radar_to_lidar`): 2.2 m ahead, 0.3 m left, 1.3 m below the LiDAR
 RADAR_CALIB = {"translation": [2.2, 0.3, -1.3], "coordinatesOffset": [0, 0, 0], "rotation": [0, 0, 0.12]}
 RADAR_TO_LIDAR = radar_to_lidar(RADAR_CALIB["rotation"], RADAR_CALIB["translation"])
 DATAFORMAT = (
