@@ -166,6 +166,22 @@ def test_pipeline_batches_stack_images_and_masks(dataset):
     np.testing.assert_array_equal(pb["episode"], pb["t1"]["episode"])
 
 
+def test_episode_batches_refuse_a_shard_outside_the_count(dataset):
+    frames = sources.EpisodeFrameSource(sources.load_episodes(dataset)[0], CAMS, MODALITIES)
+    with pytest.raises(ValueError, match="shard_index=2"):
+        sources.build_dataset(frames, batch_size=2, shard_index=2, shard_count=2)
+
+
+def test_recorder_needs_a_driver_loader_for_a_checkpoint_and_its_track(tmp_path):
+    """A checkpoint without a loader, or a loaded driver from another track, is refused before any simulation."""
+    with pytest.raises(ValueError, match="driver loader"):
+        recorder.record_episodes(tmp_path / "rec", recorder.RecordSpec(checkpoint="runs/race"))
+    other = recorder.Driver(policy=lambda obs: np.zeros(2, np.float32), settings={}, track="oval")
+    with pytest.raises(ValueError, match="runs/race: the run drove track 'oval', not 'default'"):
+        recorder.record_episodes(tmp_path / "rec", recorder.RecordSpec(checkpoint="runs/race"), lambda run: other)
+    assert not (tmp_path / "rec").exists()
+
+
 def test_recorder_writes_episodes_that_validate(tmp_path):
     spec = recorder.RecordSpec(episodes=2, frames=6, size=(16, 16), drop_prob=0.3, seed=3, frame_every=1)
     paths = recorder.record_episodes(tmp_path / "rec", spec)

@@ -25,7 +25,6 @@ from src.envs import controllers
 from src.envs import jax_racecar as sim
 
 DEFAULT_CAMERAS: tuple[str, ...] = ("front", "front_left", "front_right")
-
 CAMERA_YAW_DEG: dict[str, float] = {"front": 0.0, "front_left": 30.0, "front_right": -30.0}
 
 
@@ -122,6 +121,7 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) 
 
     _, rec = jax.lax.scan(frame, (obs, state, jnp.zeros((), bool)), jax.random.split(k_run, spec.frames))
     return rec
+
 
 def recording_env(spec: RecordSpec, load_driver: DriverLoader | None = None) -> tuple[Any, Any]:
     """(env params, policy or None) the recorder drives: with `spec.checkpoint`, the run's restored policy and

@@ -23,6 +23,7 @@ import jsonschema
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "data" / "schema" / "episode.json"
 EPISODE_FILE = "episode.json"
 
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One defect of an episode file: which file, where in the JSON (`$.frames[3].ego.pose`), and why."""
