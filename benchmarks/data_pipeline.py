@@ -96,7 +96,7 @@ def bench_bev() -> None:
 
 def stage_breakdown(source, samples: int) -> dict[str, float]:
     """Mean ms per sample of each stage, one sample at a time in this process."""
-    from src.data import cmht, transforms
+    from src.data import pcd, transforms
 
     dec = source.decoder
     totals: dict[str, float] = {}
@@ -110,10 +110,10 @@ def stage_breakdown(source, samples: int) -> dict[str, float]:
     for i in range(samples):
         files = source.records[i].files
         if "lidar" in files:
-            pts = timed("lidar read (PCD)", cmht.read_pcd, files["lidar"])
+            pts = timed("lidar read (PCD)", pcd.read_pcd, files["lidar"])
             timed("lidar BEV", transforms.lidar_bev, pts, dec.grids["lidar"])
         if "radar" in files:
-            pts = timed("radar read (PCD)", cmht.read_pcd, files["radar"])
+            pts = timed("radar read (PCD)", pcd.read_pcd, files["radar"])
             timed("radar BEV", transforms.radar_bev, pts, dec.grids["radar"])
         if "rgb" in files:
             img = timed(
@@ -134,7 +134,8 @@ def stage_breakdown(source, samples: int) -> dict[str, float]:
 
 def bench_pipeline(root: Path | None, frames: int, batch_size: int, batches: int) -> None:
     from src.config import DataConfig, ModalityConfig, ModelConfig
-    from src.data import pipeline, synthetic
+    from src.data import synthetic
+    from src.data.cmht import dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         if root is None:
@@ -144,7 +145,7 @@ def bench_pipeline(root: Path | None, frames: int, batch_size: int, batches: int
         model_cfg = dataclasses.replace(
             ModelConfig(), modalities={k: ModalityConfig(v) for k, v in SHAPES.items()}
         )
-        source = pipeline.build_cmht_source(data_cfg, model_cfg)
+        source = dataset.build_cmht_source(data_cfg, model_cfg)
         print(
             f"pipeline on {root if root.name != 'cmht' else 'a synthetic sequence'}: {len(source)} samples, "
             f"valid after sync {source.valid_counts()}"
@@ -152,7 +153,7 @@ def bench_pipeline(root: Path | None, frames: int, batch_size: int, batches: int
         for name, ms in stage_breakdown(source, min(16, len(source))).items():
             print(f"  {name:40s} {ms:7.2f} ms/sample")
         for workers in (0, 2):
-            it = pipeline.build_pipeline(
+            it = dataset.build_pipeline(
                 source,
                 batch_size=batch_size,
                 seed=0,

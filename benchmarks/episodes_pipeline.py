@@ -17,32 +17,35 @@ import numpy as np
 
 
 def write_noise_set(root: Path, episodes: int, frames: int, size: int, seed: int = 0) -> None:
-    from src.data import episodes as E
+    from src.data.episodes import writer
+    from src.envs import recorder
 
     rng = np.random.default_rng(seed)
-    cams = E.DEFAULT_CAMERAS
+    cams = recorder.DEFAULT_CAMERAS
     for e in range(episodes):
         header = {"episode_id": f"bench_{e:03d}", "source": "benchmark", "cameras": list(cams)}
         images = {c: rng.integers(0, 256, (frames, size, size, 3), np.uint8) for c in cams}
         keep = {c: rng.random(frames) >= 0.1 for c in cams}
         ego = {"pose": rng.normal(size=(frames, 3)), "velocity": rng.normal(size=(frames, 3))}
-        E.write_episode(
+        writer.write_episode(
             root / f"ep{e:03d}", header, images, keep, ego, np.arange(frames) * 0.05, np.zeros((frames, 2))
         )
 
 
 def measure(root: Path, workers: int, batches: int, batch_size: int, size: int) -> float:
     from src.config import ModalityConfig
-    from src.data import episodes as E
+    from src.data import loader
+    from src.data.episodes import sources
+    from src.envs import recorder
 
-    eps, _ = E.load_episodes(root)
+    eps, _ = sources.load_episodes(root)
     modalities = {
         "rgb": ModalityConfig((size, size, 3)),
         "gps": ModalityConfig((5,)),
         "imu": ModalityConfig((6,)),
     }
-    source = E.EpisodeFrameSource(eps, E.DEFAULT_CAMERAS, modalities)
-    it = iter(E.to_iter(E.build_dataset(source, batch_size, seed=0), num_workers=workers))
+    source = sources.EpisodeFrameSource(eps, recorder.DEFAULT_CAMERAS, modalities)
+    it = iter(loader.to_iter(sources.build_dataset(source, batch_size, seed=0), num_workers=workers))
     next(it)  # worker start-up and the first batch are not counted
     start = time.perf_counter()
     for _ in range(batches):

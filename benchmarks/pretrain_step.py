@@ -96,9 +96,9 @@ def main() -> None:
     cfg = config.load(PretrainConfig, args.config)
     print(f"devices: {jax.devices()}")
     time_steps("tiny", tiny_config(cfg), random_batch(tiny_config(cfg)), args.steps)
-    from src.data import pipeline
+    from src.data import synthetic
 
-    pipeline.ensure_dataset(cfg.data)
+    synthetic.ensure_dataset(cfg.data)
     it = pretrain_data.build_data(cfg, batch_size=cfg.training.batch_size, shard_index=0, shard_count=1)
     time_steps("default", cfg, next(it), args.steps)
     data_wait_share(cfg, args.steps, args.workers)

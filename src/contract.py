@@ -16,7 +16,7 @@ its inputs exactly as the encoder's pretraining did.
   with axes forward, right, down (FRD): angular rates, then specific force (acceleration minus gravity). A car
   at rest reads accel (0, 0, -g), as CMHT's records do (about -0.9 to -1.0 G on z); a car turning left at
   speed v on radius r reads accel y = -v^2 / r (its centripetal acceleration points left, to -y); a car
-  speeding up reads accel x > 0. CMHT's records are passed on as recorded (`cmht.read_gps_imu`: G -> m/s^2);
+  speeding up reads accel x > 0. CMHT's records are passed on as recorded (`cmht.readers.read_gps_imu`: G -> m/s^2);
   ROS2 `sensor_msgs/Imu` messages (REP 103: forward-left-up, +g on z at rest) have y and z flipped.
   Their x/y axis convention could not be measured from the shipped sample (too few GPS fixes to correlate);
   FRD is the frame in which their z sign is that of a specific force.

@@ -15,8 +15,8 @@ def tiny_cmht_root(tmp_path_factory):
     """A synthetic CMHT sequence of 12 LiDAR sweeps (about 36 MB), written once for the tests that run the
     pretrainer's command line in a subprocess."""
     from src.config import DataConfig
-    from src.data import pipeline
+    from src.data import synthetic
 
     root = tmp_path_factory.mktemp("cmht") / "root"
-    return pipeline.ensure_dataset(DataConfig(root=str(root), synthesize_if_missing=True,
+    return synthetic.ensure_dataset(DataConfig(root=str(root), synthesize_if_missing=True,
                                               synthetic_frames=TINY_CMHT_FRAMES))

@@ -1,4 +1,4 @@
-"""CMHT readers (src/data/cmht.py, src/data/pcd.py) on a slice of the real sample and on hand-made bad input."""
+"""CMHT readers (src/data/cmht/, src/data/pcd.py) on a slice of the real sample and on hand-made bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data import cmht, pcd
+from src.data import pcd
+from src.data.cmht import index, inspect, readers
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cmht"
 SEQ = "drive_dusk_clear_0/drive_dusk_1"
@@ -22,7 +23,7 @@ GPS = FIXTURE / SEQ / "Gps_Imu" / "data"
 
 @pytest.fixture(scope="module")
 def real():
-    (seq,) = cmht.find_sequences(FIXTURE)
+    (seq,) = index.find_sequences(FIXTURE)
     return seq
 
 
@@ -61,19 +62,19 @@ def test_real_fixture_parses(real):
     np.testing.assert_array_equal(real.calib["radar"]["to_lidar"], np.eye(4))  # the sample: radar = LiDAR frame
     # labels: index -> file; an empty list is allowed
     assert min(real.labels) == 90 and max(real.labels) == 834 and len(real.labels) == 71
-    assert cmht.read_labels(real.labels[834]) == []  # the sample's first empty label file
-    labels = cmht.read_labels(real.labels[90])
-    boxes = cmht.label_boxes(labels)
-    assert cmht.label_classes(labels)[:2] == ["Truck", "Car"] and boxes.shape == (len(labels), 7)
+    assert readers.read_labels(real.labels[834]) == []  # the sample's first empty label file
+    labels = readers.read_labels(real.labels[90])
+    boxes = readers.label_boxes(labels)
+    assert readers.label_classes(labels)[:2] == ["Truck", "Car"] and boxes.shape == (len(labels), 7)
     np.testing.assert_allclose(
         boxes[0], [24.72420772813821, 14.403971547892903, 0.27394480324388604, 5.691709330337483,
                    2.639079666595305, 2.1748800980858505, 0.5837176872685502]
     )  # fmt: skip
-    assert cmht.label_boxes([]).shape == (0, 7)
+    assert readers.label_boxes([]).shape == (0, 7)
 
 
 def test_ddmm_conversion():
-    np.testing.assert_allclose(cmht.ddmm_to_degrees([4313.7323, -7956.3434, 0.0, -30.0]), [
+    np.testing.assert_allclose(readers.ddmm_to_degrees([4313.7323, -7956.3434, 0.0, -30.0]), [
         43.228871666666666, -79.93905666666667, 0.0, -0.5])  # fmt: skip
 
 
@@ -97,7 +98,7 @@ def test_enu_agrees_with_haversine(real):
     np.testing.assert_allclose(np.hypot(*g.enu[moved].T), dist, rtol=5e-3)
     np.testing.assert_allclose(np.arctan2(g.enu[moved, 0], g.enu[moved, 1]), bearing, atol=1e-2)
     # one arc-minute of latitude is ~1852 m, due north
-    ((east, north),) = cmht.latlon_to_enu([43.5 + 1 / 60], [-79.9], 43.5, -79.9)
+    ((east, north),) = readers.latlon_to_enu([43.5 + 1 / 60], [-79.9], 43.5, -79.9)
     assert north == pytest.approx(1852.0, abs=4.0) and abs(east) < 1e-6
 
 
@@ -109,7 +110,7 @@ def test_held_gps_and_timestamp_gaps(real):
     # between changes the position is held exactly
     assert np.all(np.diff(g.enu, axis=0)[~g.fix_changed[1:]] == 0)
     ms = np.array((GPS / "timestamp.txt").read_text().split(), np.int64)
-    stats = cmht.stream_stats(g.t)
+    stats = inspect.stream_stats(g.t)
     assert stats["frames"] == 160 and stats["median_period_s"] == pytest.approx(0.1, abs=2e-3)
     assert stats["gaps"] == int(np.sum(np.diff(ms) > 150)) == 6
     assert stats["max_gap_s"] == pytest.approx(np.diff(ms).max() / 1000)
@@ -119,8 +120,8 @@ def test_unknown_files_are_ignored_and_reported(copy):
     shutil.copy(copy / "calib" / "camera" / "front.json", copy / "calib" / "camera" / "front (copy).json")
     (copy / "notes").mkdir()
     (copy / "Gps_Imu" / "data" / "readme.md").write_text("x")
-    report = cmht.Report()
-    (seq,) = cmht.find_sequences(copy.parent, report=report)
+    report = readers.Report()
+    (seq,) = index.find_sequences(copy.parent, report=report)
     assert seq.name == "drive_x" and len(seq.streams["gps_imu"]) == 160 and not report.problems
     joined = "\n".join(report.ignored)
     assert "front (copy).json" in joined and "notes" in joined and "readme.md" in joined
@@ -144,11 +145,11 @@ def test_both_layouts_and_case_insensitive_names(tmp_path):
             else:
                 Image.fromarray(np.full((4, 6), k, np.uint16 if sensor == "ir" else np.uint8)).save(path)
         (folder / "timestamp.txt").write_text("".join(f"{1000 + 100 * k + i}\n" for k in range(3)))
-    (seq_streams,) = cmht.find_sequences(tmp_path)
+    (seq_streams,) = index.find_sequences(tmp_path)
     assert set(seq_streams.streams) == {"lidar", "rgb", "ir", "radar"}
     np.testing.assert_allclose(seq_streams.streams["ir"].timestamps, [1.002, 1.102, 1.202])
-    assert cmht.read_image(seq_streams.streams["ir"].files[2]).dtype == np.uint16
-    assert cmht.read_image(seq_streams.streams["ir"].files[2])[0, 0] == 2
+    assert readers.read_image(seq_streams.streams["ir"].files[2]).dtype == np.uint16
+    assert readers.read_image(seq_streams.streams["ir"].files[2])[0, 0] == 2
 
 
 # --------------------------------------------------------------------------------------------- PCD
@@ -169,12 +170,12 @@ def test_pcd_round_trip(tmp_path, encoding):
     path = pcd.write_pcd(tmp_path / "a.pcd", FIELDS, encoding)
     header = path.read_bytes().split(b"DATA")[0].decode()
     assert "FIELDS x t rgb _ ring idx" in header and "COUNT 1 1 3 1 1 2" in header
-    out = cmht.read_pcd(path)
+    out = pcd.read_pcd(path)
     assert list(out) == ["x", "t", "rgb", "ring", "idx"]
     for k, v in out.items():
         assert v.dtype == FIELDS[k].dtype and v.shape == FIELDS[k].shape, k
         np.testing.assert_array_equal(v, FIELDS[k], err_msg=k)
-    empty = cmht.read_pcd(pcd.write_pcd(tmp_path / "e.pcd", {k: v[:0] for k, v in FIELDS.items()}, encoding))
+    empty = pcd.read_pcd(pcd.write_pcd(tmp_path / "e.pcd", {k: v[:0] for k, v in FIELDS.items()}, encoding))
     assert {k: (v.shape, v.dtype) for k, v in empty.items()} == {
         k: ((0, *FIELDS[k].shape[1:]), FIELDS[k].dtype) for k in out
     }
@@ -182,7 +183,7 @@ def test_pcd_round_trip(tmp_path, encoding):
 
 def test_pcd_ascii_keeps_64_bit_integers_exact(tmp_path):
     fields = {"t": np.array([2**64 - 1, 3], np.uint64), "id": np.array([[-(2**63), 2**62 + 1]] * 2, np.int64)}
-    out = cmht.read_pcd(pcd.write_pcd(tmp_path / "w.pcd", fields, "ascii"))
+    out = pcd.read_pcd(pcd.write_pcd(tmp_path / "w.pcd", fields, "ascii"))
     assert out["t"].tolist() == [2**64 - 1, 3] and out["id"].tolist() == [[-(2**63), 2**62 + 1]] * 2
     assert out["t"].dtype == np.uint64 and out["id"].dtype == np.int64
 
@@ -197,7 +198,7 @@ def test_pcd_hand_written_ascii(tmp_path):
     )
     path = tmp_path / "h.pcd"
     path.write_text(text)
-    out = cmht.read_pcd(path)
+    out = pcd.read_pcd(path)
     assert list(out) == ["x", "y", "z", "normal", "label"]
     np.testing.assert_array_equal(out["x"], np.float32([0.5, 3]))
     assert out["z"][0] == -2 and np.isnan(out["z"][1])
@@ -216,7 +217,7 @@ def test_pcd_hand_built_binary_and_compressed(tmp_path):
     body = struct.pack("<II", len(packed), len(cols)) + packed
     (tmp_path / "c.pcd").write_bytes(head.format("binary_compressed").encode() + body)
     for name in ("b.pcd", "c.pcd"):
-        out = cmht.read_pcd(tmp_path / name)
+        out = pcd.read_pcd(tmp_path / name)
         assert list(out) == ["x", "ring"], name
         assert out["x"].tolist() == xs and out["ring"].tolist() == rings, name
 
@@ -232,16 +233,16 @@ def _pcd_bytes(tmp_path, encoding="binary"):
 def test_bad_pcd_files(tmp_path):
     path, data = _pcd_bytes(tmp_path)
     path.write_bytes(data[:-5])
-    with pytest.raises(cmht.CMHTFormatError, match=f"{path}.*truncated"):
-        cmht.read_pcd(path)
+    with pytest.raises(readers.CMHTFormatError, match=f"{path}.*truncated"):
+        pcd.read_pcd(path)
     cpath, cdata = _pcd_bytes(tmp_path, "binary_compressed")
     cpath.write_bytes(cdata[:-3])
-    with pytest.raises(cmht.CMHTFormatError, match=f"{cpath}.*truncated"):
-        cmht.read_pcd(cpath)
+    with pytest.raises(readers.CMHTFormatError, match=f"{cpath}.*truncated"):
+        pcd.read_pcd(cpath)
     head, _, body = cdata.partition(b"DATA binary_compressed\n")
     cpath.write_bytes(head + b"DATA binary_compressed\n" + body[:8] + b"\xff" * (len(body) - 8))
-    with pytest.raises(cmht.CMHTFormatError, match=str(cpath)):
-        cmht.read_pcd(cpath)
+    with pytest.raises(readers.CMHTFormatError, match=str(cpath)):
+        pcd.read_pcd(cpath)
     for header, problem in [
         ("FIELDS x y\nSIZE 4 4\nTYPE F X\nCOUNT 1 1\nPOINTS 1\nDATA binary\n", "unsupported TYPE"),
         ("FIELDS x y\nSIZE 4 3\nTYPE F F\nCOUNT 1 1\nPOINTS 1\nDATA binary\n", "unsupported TYPE"),
@@ -253,30 +254,30 @@ def test_bad_pcd_files(tmp_path):
         ("garbage without a header", "DATA line"),
     ]:
         path.write_text(header)
-        with pytest.raises(cmht.CMHTFormatError, match=problem) as err:
-            cmht.read_pcd(path)
+        with pytest.raises(readers.CMHTFormatError, match=problem) as err:
+            pcd.read_pcd(path)
         assert str(path) in str(err.value)
 
 
 def test_bad_images(tmp_path):
     good = tmp_path / "a.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(good)
-    assert cmht.read_image(good).shape == (64, 64, 3)
+    assert readers.read_image(good).shape == (64, 64, 3)
     truncated = tmp_path / "t.jpg"
     truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     junk = tmp_path / "j.png"
     junk.write_bytes(b"not a png")
     for path in (truncated, junk):
-        with pytest.raises(cmht.CMHTFormatError, match=str(path)):
-            cmht.read_image(path)
+        with pytest.raises(readers.CMHTFormatError, match=str(path)):
+            readers.read_image(path)
 
 
 def _expect(copy, problem, kind, check_skip):
-    with pytest.raises(cmht.CMHTFormatError, match=problem) as err:
-        cmht.find_sequences(copy.parent)
+    with pytest.raises(readers.CMHTFormatError, match=problem) as err:
+        index.find_sequences(copy.parent)
     assert str(copy) in str(err.value)
-    report = cmht.Report()
-    (seq,) = cmht.find_sequences(copy.parent, on_error="skip", report=report)
+    report = readers.Report()
+    (seq,) = index.find_sequences(copy.parent, on_error="skip", report=report)
     assert report.skipped[kind] >= 1 and any(problem in p for p in report.problems)
     check_skip(seq, report)
 
@@ -310,11 +311,11 @@ def test_nan_in_gps_record(copy):
     lines = bad.read_text().split("\n")
     lines[3] = "nan"
     bad.write_text("\n".join(lines))
-    (seq,) = cmht.find_sequences(copy.parent)
-    with pytest.raises(cmht.CMHTFormatError, match=f"{bad}.*non-finite"):
+    (seq,) = index.find_sequences(copy.parent)
+    with pytest.raises(readers.CMHTFormatError, match=f"{bad}.*non-finite"):
         seq.gps_imu()
-    report = cmht.Report()
-    (seq,) = cmht.find_sequences(copy.parent, on_error="skip", report=report)
+    report = readers.Report()
+    (seq,) = index.find_sequences(copy.parent, on_error="skip", report=report)
     g = seq.gps_imu()
     assert np.flatnonzero(~g.valid).tolist() == [5] and report.skipped == {"gps_imu": 1}
     assert g.gyro[5].tolist() == [0, 0, 0] and g.valid.sum() == 159
@@ -328,15 +329,15 @@ def test_bad_calibration_and_labels(copy):
     _expect(copy, "'extrinsic' needs 16", "calib", lambda seq, r: set(seq.calib) == {"rgb", "radar"})
     label = copy / "label" / "00000090.json"
     label.write_text(json.dumps([{"obj_id": "1", "obj_type": "Car", "psr": {"position": {"x": 1}}}]))
-    with pytest.raises(cmht.CMHTFormatError, match=f"{label}.*psr.position"):
-        cmht.read_labels(label)
+    with pytest.raises(readers.CMHTFormatError, match=f"{label}.*psr.position"):
+        readers.read_labels(label)
     label.write_text("{")
-    with pytest.raises(cmht.CMHTFormatError, match=str(label)):
-        cmht.read_labels(label)
+    with pytest.raises(readers.CMHTFormatError, match=str(label)):
+        readers.read_labels(label)
 
 
 def test_inspect_cli_on_real_fixture(capsys):
-    cmht.main(["inspect", str(FIXTURE), "--json"])
+    inspect.main(["inspect", str(FIXTURE), "--json"])
     doc = json.loads(capsys.readouterr().out)
     (info,) = doc["sequences"]
     assert info["name"] == SEQ and info["sensors"]["gps_imu"]["frames"] == 160
@@ -362,17 +363,17 @@ def test_pcd_interoperates_with_pypcd4(tmp_path, encoding):
     np.testing.assert_allclose(pypcd4.PointCloud.from_path(ours).numpy(("x", "y", "z")), xyz)
     theirs = tmp_path / "theirs.pcd"
     pypcd4.PointCloud.from_xyz_points(xyz).save(theirs, encoding=pypcd4.Encoding(encoding))
-    got = cmht.read_pcd(theirs)
+    got = pcd.read_pcd(theirs)
     np.testing.assert_array_equal(np.stack([got["x"], got["y"], got["z"]], axis=1), xyz)
 
 
 def test_radar_extrinsic_maps_radar_points_into_the_lidar_frame():
     """calib/radar/*.json is the radar's pose in the LiDAR frame (SUSTechPOINTS): p_lidar = R p_radar + t with
     R = Rx @ Ry @ Rz; a radar yawed 90 degrees left sees along the LiDAR's +y."""
-    m = cmht.radar_to_lidar([0.0, 0.0, np.pi / 2], [1.0, 2.0, 3.0])
+    m = readers.radar_to_lidar([0.0, 0.0, np.pi / 2], [1.0, 2.0, 3.0])
     np.testing.assert_allclose(m @ [5.0, 0.0, 0.0, 1.0], [1.0, 7.0, 3.0, 1.0], atol=1e-12)
     a, b, c = 0.1, -0.2, 0.3
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
     rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    np.testing.assert_allclose(cmht.radar_to_lidar([a, b, c], [0, 0, 0])[:3, :3], rx @ ry @ rz, atol=1e-12)
+    np.testing.assert_allclose(readers.radar_to_lidar([a, b, c], [0, 0, 0])[:3, :3], rx @ ry @ rz, atol=1e-12)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from src import config, contract
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig, RLConfig
-from src.data import pipeline
+from src.data.cmht import dataset
 from src.data.pcd import write_pcd
 from src.envs import gym_wrapper
 from src.envs import jax_racecar as sim
@@ -76,7 +76,7 @@ def _wall_points(params, state) -> dict[str, np.ndarray]:
 def test_cmht_path_and_simulator_path_rasterise_the_same_walls(scene, tmp_path):
     obs, state, params = scene
     path = write_pcd(tmp_path / "00000000.pcd", _wall_points(params, state))
-    decoder = pipeline.DecodeSample({"lidar": LIDAR}, DataConfig(), BEV)
+    decoder = dataset.DecodeSample({"lidar": LIDAR}, DataConfig(), BEV)
     cmht_bev = decoder.read("lidar", str(path))  # the pretraining path: PCD reader + the pipeline's BEV
     sim_bev = _sim_bev(obs, params, BEV)
     assert cmht_bev.shape == sim_bev.shape == LIDAR
@@ -239,7 +239,7 @@ def test_imported_encoder_receives_its_pretraining_inputs(scene, encoder, tmp_pa
     obs, state, params = scene
     a = encoder
     path = write_pcd(tmp_path / "00000000.pcd", _wall_points(params, state))
-    pretrain_lidar = pipeline.DecodeSample({"lidar": LIDAR}, DataConfig(), BEV).read("lidar", str(path))
+    pretrain_lidar = dataset.DecodeSample({"lidar": LIDAR}, DataConfig(), BEV).read("lidar", str(path))
 
     cfg = _finetune_cfg(tmp_path, a)
     spec = gym_wrapper.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)

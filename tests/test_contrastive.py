@@ -156,7 +156,7 @@ def _write_views_episode(root, name: str, frames: int, seed: int) -> None:
     """Each instant has a random scene colour; every camera sees it through its own channel order, with
     independent pixel noise (no pixel is shared between views), and 10 % of the camera frames are dropped.
     Matching views therefore needs the learned cross-camera relation, which carries over to a new episode."""
-    from src.data import episodes as E
+    from src.data.episodes import writer
 
     rng = np.random.default_rng(seed)
     colour = rng.uniform(30, 225, (frames, 1, 1, 3))
@@ -170,24 +170,25 @@ def _write_views_episode(root, name: str, frames: int, seed: int) -> None:
     keep = {cam: rng.random(frames) >= 0.1 for cam in CAMS}
     ego = {"pose": rng.normal(size=(frames, 3)), "velocity": rng.normal(size=(frames, 3))}
     header = {"episode_id": name, "source": "test", "cameras": list(CAMS)}
-    E.write_episode(root / name, header, images, keep, ego, np.arange(frames) * 0.1, np.zeros((frames, 2)))
+    writer.write_episode(root / name, header, images, keep, ego, np.arange(frames) * 0.1, np.zeros((frames, 2)))
 
 
 @pytest.fixture(scope="module")
 def retrieval_run(tmp_path_factory):
     from src.config import ModalityConfig, ModelConfig
-    from src.data import episodes as E
+    from src.data import loader
+    from src.data.episodes import sources
     from src.models.raceformer import Raceformer
 
     root = tmp_path_factory.mktemp("views")
     _write_views_episode(root, "train", frames=96, seed=0)
     _write_views_episode(root, "heldout", frames=32, seed=1)
-    eps, _ = E.load_episodes(root)
+    eps, _ = sources.load_episodes(root)
     by_id = {e.episode_id: e for e in eps}
     modalities = {"rgb": ModalityConfig((SIZE, SIZE, 3)), "gps": ModalityConfig((5,))}
-    train = E.EpisodeFrameSource([by_id["train"]], CAMS, modalities)
-    held = E.EpisodeFrameSource([by_id["heldout"]], CAMS, modalities)
-    held_batch = next(iter(E.to_iter(E.build_dataset(held, 32, shuffle=False, num_epochs=1))))
+    train = sources.EpisodeFrameSource([by_id["train"]], CAMS, modalities)
+    held = sources.EpisodeFrameSource([by_id["heldout"]], CAMS, modalities)
+    held_batch = next(iter(loader.to_iter(sources.build_dataset(held, 32, shuffle=False, num_epochs=1))))
     cfg = ModelConfig(
         embed_dim=32,
         depth=1,
@@ -216,7 +217,7 @@ def retrieval_run(tmp_path_factory):
         return loss, aux["multiview/accuracy"]
 
     before = float(heldout(model, held_batch)[1])
-    it = iter(E.to_iter(E.build_dataset(train, 32, seed=0)))
+    it = iter(loader.to_iter(sources.build_dataset(train, 32, seed=0)))
     losses = [float(step(model, opt, next(it))) for _ in range(60)]
     loss, after = heldout(model, held_batch)
     # Dropped camera frames: replacing their (zero) images by noise must not change the loss at all.

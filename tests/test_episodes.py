@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from src.config import ModalityConfig
-from src.data import episodes as E
-from src.data import transforms
+from src.data import loader, transforms
+from src.data.episodes import schema, sources
+from src.envs import recorder
 from src.pretraining import data as pretrain_data
 from src.pretraining import step as pretrain_step
 from src.rl import envs as rl_envs
@@ -65,7 +66,7 @@ def _edit(path: Path, fn) -> None:
 
 
 def test_valid_set_and_frame_counts(dataset):
-    report = E.validate_dir(dataset)
+    report = schema.validate_dir(dataset)
     assert report.ok, report.problems
     assert (report.episodes, report.frames) == (2, 9)
     assert report.frames_by_camera == {"front": 5 + 3, "left": 3 + 4}
@@ -74,8 +75,8 @@ def test_valid_set_and_frame_counts(dataset):
 def test_schema_error_names_file_and_json_path(dataset):
     bad = dataset / "ep1" / "episode.json"
     _edit(bad, lambda d: d["frames"][3]["ego"].update(pose=[1.0, 2.0]))
-    with pytest.raises(E.EpisodeError) as err:
-        E.load_episode(bad, dataset)
+    with pytest.raises(schema.EpisodeError) as err:
+        sources.load_episode(bad, dataset)
     (problem,) = err.value.problems
     assert problem.file == str(bad) and problem.json_path == "$.frames[3].ego.pose"
     assert str(bad) in str(err.value) and "$.frames[3].ego.pose" in str(err.value)
@@ -88,7 +89,7 @@ def test_validate_cli_reports_every_problem(dataset, capsys):
         lambda d: d["frames"][1]["images"].update(rear={"image_path": "x.png"}),
     )
     _edit(dataset / "ep1" / "episode.json", lambda d: d["frames"][2].update(timestamp=0.05))
-    assert E.main(["validate", str(dataset), "--json"]) == 1
+    assert schema.main(["validate", str(dataset), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     found = {(Path(p["file"]).parent.name, p["json_path"]) for p in out["problems"]}
     assert found == {
@@ -110,19 +111,19 @@ def test_escaping_image_paths_are_rejected(dataset, tmp_path):
         ("front/link.png", "escapes"),
     ]:
         _edit(ep, lambda d, rel=rel: d["frames"][0]["images"]["front"].update(image_path=rel))
-        with pytest.raises(E.EpisodeError) as err:
-            E.load_episode(ep, dataset)
+        with pytest.raises(schema.EpisodeError) as err:
+            sources.load_episode(ep, dataset)
         assert err.value.problems[0].json_path == "$.frames[0].images.front.image_path"
         assert reason in err.value.problems[0].reason
     # `..` that stays inside the root is an ordinary relative path.
     _edit(ep, lambda d: d["frames"][0]["images"]["front"].update(image_path="../ep1/front/0000.png"))
-    assert E.load_episode(ep, dataset).image_paths["front"][0] == (dataset / "ep1/front/0000.png").resolve()
+    assert sources.load_episode(ep, dataset).image_paths["front"][0] == (dataset / "ep1/front/0000.png").resolve()
 
 
 def test_frame_source_images_masks_and_ego(dataset):
-    eps, skipped = E.load_episodes(dataset)
+    eps, skipped = sources.load_episodes(dataset)
     assert not skipped
-    src = E.EpisodeFrameSource(eps, CAMS, MODALITIES)
+    src = sources.EpisodeFrameSource(eps, CAMS, MODALITIES)
     assert len(src) == 9
     s = src[5 + 2]  # episode 1, frame 2: front dropped
     assert (int(s["episode"]), int(s["frame"])) == (1, 2)
@@ -139,8 +140,8 @@ def test_frame_source_images_masks_and_ego(dataset):
 
 
 def test_temporal_pairs_never_cross_episodes(dataset):
-    eps, _ = E.load_episodes(dataset)
-    pairs = E.TemporalPairSource(E.EpisodeFrameSource(eps, CAMS, MODALITIES), dt_range=(1, 3), seed=1)
+    eps, _ = sources.load_episodes(dataset)
+    pairs = sources.TemporalPairSource(sources.EpisodeFrameSource(eps, CAMS, MODALITIES), dt_range=(1, 3), seed=1)
     assert len(pairs) == (5 - 1) + (4 - 1)
     dts = []
     for i in range(4 * len(pairs)):  # several epochs: the dt stream differs per global index
@@ -151,42 +152,58 @@ def test_temporal_pairs_never_cross_episodes(dataset):
         assert int(p["t1"]["frame"]) < len(eps[int(p["episode"])])
         dts.append(dt)
     assert set(dts) == {1, 2, 3}
-    fixed = E.TemporalPairSource(pairs.frames, dt_range=(2, 2))
+    fixed = sources.TemporalPairSource(pairs.frames, dt_range=(2, 2))
     assert len(fixed) == 3 + 2 and all(int(fixed[i]["dt"]) == 2 for i in range(len(fixed)))
 
 
 def test_pipeline_batches_stack_images_and_masks(dataset):
-    eps, _ = E.load_episodes(dataset)
-    frames = E.EpisodeFrameSource(eps, CAMS, MODALITIES, rgb_camera="left")
-    it = iter(E.to_iter(E.build_dataset(frames, batch_size=9, shuffle=False, num_epochs=1)))
+    eps, _ = sources.load_episodes(dataset)
+    frames = sources.EpisodeFrameSource(eps, CAMS, MODALITIES, rgb_camera="left")
+    it = iter(loader.to_iter(sources.build_dataset(frames, batch_size=9, shuffle=False, num_epochs=1)))
     batch = next(it)
     assert batch["images_by_cam"]["front"].shape == (9, 8, 8, 3) and batch["rgb"].shape == (9, 8, 8, 3)
     np.testing.assert_array_equal(batch["image_valid_by_cam"]["left"], [1, 0, 1, 0, 1, 1, 1, 1, 1])
     np.testing.assert_array_equal(batch["valid"]["rgb"], batch["image_valid_by_cam"]["left"])
-    pairs = E.TemporalPairSource(frames, dt_range=(1, 2))
-    pb = next(iter(E.to_iter(E.build_dataset(pairs, batch_size=4, seed=3))))
+    pairs = sources.TemporalPairSource(frames, dt_range=(1, 2))
+    pb = next(iter(loader.to_iter(sources.build_dataset(pairs, batch_size=4, seed=3))))
     assert pb["images_by_cam"]["left"].shape == (4, 8, 8, 3) and pb["dt"].shape == (4,)
     np.testing.assert_array_equal(pb["episode"], pb["t1"]["episode"])
 
 
+def test_episode_batches_refuse_a_shard_outside_the_count(dataset):
+    frames = sources.EpisodeFrameSource(sources.load_episodes(dataset)[0], CAMS, MODALITIES)
+    with pytest.raises(ValueError, match="shard_index=2"):
+        sources.build_dataset(frames, batch_size=2, shard_index=2, shard_count=2)
+
+
+def test_recorder_needs_a_driver_loader_for_a_checkpoint_and_its_track(tmp_path):
+    """A checkpoint without a loader, or a loaded driver from another track, is refused before any simulation."""
+    with pytest.raises(ValueError, match="driver loader"):
+        recorder.record_episodes(tmp_path / "rec", recorder.RecordSpec(checkpoint="runs/race"))
+    other = recorder.Driver(policy=lambda obs: np.zeros(2, np.float32), settings={}, track="oval")
+    with pytest.raises(ValueError, match="runs/race: the run drove track 'oval', not 'default'"):
+        recorder.record_episodes(tmp_path / "rec", recorder.RecordSpec(checkpoint="runs/race"), lambda run: other)
+    assert not (tmp_path / "rec").exists()
+
+
 def test_recorder_writes_episodes_that_validate(tmp_path):
-    spec = E.RecordSpec(episodes=2, frames=6, size=(16, 16), drop_prob=0.3, seed=3, frame_every=1)
-    paths = E.record_episodes(tmp_path / "rec", spec)
+    spec = recorder.RecordSpec(episodes=2, frames=6, size=(16, 16), drop_prob=0.3, seed=3, frame_every=1)
+    paths = recorder.record_episodes(tmp_path / "rec", spec)
     assert [p.parent.name for p in paths] == ["ep_000", "ep_001"]
-    report = E.validate_dir(tmp_path / "rec")
+    report = schema.validate_dir(tmp_path / "rec")
     assert report.ok, report.problems
-    assert report.frames == 12 and set(report.frames_by_camera) == set(E.DEFAULT_CAMERAS)
+    assert report.frames == 12 and set(report.frames_by_camera) == set(recorder.DEFAULT_CAMERAS)
     for cam, n in report.frames_by_camera.items():
         assert n == len(list((tmp_path / "rec").glob(f"ep_*/{cam}/*.png")))
     assert (
         sum(report.frames_by_camera.values()) < 36
     )  # with drop_prob 0.3 some of the 36 camera frames are gone
-    eps, _ = E.load_episodes(tmp_path / "rec")
+    eps, _ = sources.load_episodes(tmp_path / "rec")
     np.testing.assert_allclose(np.diff(eps[0].timestamps), 0.04, rtol=1e-4)  # control_dt = 0.01 s * 4
     assert eps[0].imu_valid.all() and (eps[0].velocity[1:, 0] > 0).all()  # the driver moves forward
     # The three cameras look in different directions: their images differ where all three exist.
-    t = next(i for i in range(6) if all(eps[0].image_paths[c][i] for c in E.DEFAULT_CAMERAS))
-    views = [np.asarray(Image.open(eps[0].image_paths[c][t])) for c in E.DEFAULT_CAMERAS]
+    t = next(i for i in range(6) if all(eps[0].image_paths[c][i] for c in recorder.DEFAULT_CAMERAS))
+    views = [np.asarray(Image.open(eps[0].image_paths[c][t])) for c in recorder.DEFAULT_CAMERAS]
     assert views[0].shape == (16, 16, 3) and views[0].std() > 0
     assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[1], views[2])
 
@@ -225,6 +242,7 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
     from src import config
     from src.config import RLConfig
     from src.envs import jax_racecar as sim
+    from src.training import record_episodes
     from tests.test_rl_agent import TINY_MODEL
 
     cfg = config.from_dict(
@@ -239,13 +257,13 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
     )
     result = trainer.train(cfg, progress=False)
     run = result.run_dir
-    spec = E.RecordSpec(
+    spec = recorder.RecordSpec(
         episodes=1, frames=3, size=(8, 8), drop_prob=0.0, frame_every=1, noise=(0.0, 0.0), checkpoint=str(run)
     )
-    E.record_episodes(tmp_path / "rec", spec)
-    report = E.validate_dir(tmp_path / "rec")
+    record_episodes.record_episodes(tmp_path / "rec", spec)
+    report = schema.validate_dir(tmp_path / "rec")
     assert report.ok and report.frames == 3, report.problems
-    (ep,) = E.load_episodes(tmp_path / "rec")[0]
+    (ep,) = sources.load_episodes(tmp_path / "rec")[0]
     # The recorder's first observation, rebuilt from its seed in the run's env (its pose is the recorded one),
     # and the trained (not restored) policy's mean for it.
     params = sim.make_params(
@@ -260,6 +278,6 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
     assert np.all(np.abs(ep.action) <= 1.0) and np.abs(ep.action).max() > 0
     (run / "ckpt").rename(run / "gone")
     with pytest.raises(FileNotFoundError, match="ckpt"):
-        E.record_episodes(tmp_path / "rec2", spec)
+        record_episodes.record_episodes(tmp_path / "rec2", spec)
     with pytest.raises(FileNotFoundError, match="nope"):
-        E.record_episodes(tmp_path / "rec3", E.RecordSpec(checkpoint=str(tmp_path / "nope")))
+        record_episodes.record_episodes(tmp_path / "rec3", recorder.RecordSpec(checkpoint=str(tmp_path / "nope")))

@@ -1,4 +1,4 @@
-"""The CMHT Grain source and pipeline on a small hand-written sequence in the real layout (src/data/pipeline.py).
+"""The CMHT Grain source and pipeline on a small hand-written sequence in the real layout (src/data/cmht/dataset.py).
 
 The fixture writes its own few-frame sequence (tiny clouds and images) so that every expectation is known: the
 camera runs 3 ms behind the LiDAR, the IR camera misses one frame (that sweep has no IR within tolerance), and
@@ -19,7 +19,8 @@ from PIL import Image
 
 from src import contract
 from src.config import DataConfig, ModalityConfig, ModelConfig
-from src.data import cmht, pipeline, transforms
+from src.data import pcd, synthetic, transforms
+from src.data.cmht import dataset, index, readers
 
 absl.flags.FLAGS.mark_as_parsed()  # Grain's spawned workers read absl flags
 
@@ -55,9 +56,9 @@ def write_sequence(seq: Path, frames: int = FRAMES) -> None:
         cloud = {k: rng.uniform(-30, 30, n).astype(np.float32) for k in ("x", "y")}
         cloud["z"] = rng.uniform(-2, 2, n).astype(np.float32)
         cloud["intensity"] = rng.uniform(0, 255, n).astype(np.float32)
-        cmht.write_pcd(dirs["lidar"] / f"{i:08d}.pcd", cloud)
+        pcd.write_pcd(dirs["lidar"] / f"{i:08d}.pcd", cloud)
         radar = {k: rng.uniform(0, 40, 20).astype(np.float32) for k in ("x", "y", "z", "vx", "vy")}
-        cmht.write_pcd(dirs["radar"] / f"{i:08d}.pcd", radar)
+        pcd.write_pcd(dirs["radar"] / f"{i:08d}.pcd", radar)
         Image.fromarray(rng.integers(0, 255, (72, 128, 3), dtype=np.uint8)).save(dirs["rgb"] / f"{i:08d}.jpg")
         if i != IR_GAP:
             ir = rng.integers(0, 65535, (51, 64), dtype=np.uint16)
@@ -77,7 +78,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(root):
-    return pipeline.build_cmht_source(DataConfig(root=str(root)), MODEL)
+    return dataset.build_cmht_source(DataConfig(root=str(root)), MODEL)
 
 
 def _take(it, n):
@@ -107,9 +108,9 @@ def test_source_samples_follow_contract_1(source):
     assert isinstance(s["timestamp"], np.float64) and s["timestamp"] == pytest.approx(0.4)
     assert s["lidar"][..., 0].sum() > 0 and s["radar"][..., 0].sum() > 0
     # GPS: fixes change every third record (t = 0.3 and 0.6 s bracket t = 0.4 s); IMU as recorded at t = 0.4 s
-    lat = cmht.ddmm_to_degrees(np.array([4313.7323, 4313.7333, 4313.7343]))
-    enu = cmht.latlon_to_enu(
-        lat, np.full(3, cmht.ddmm_to_degrees(-7956.3434)), lat[0], float(cmht.ddmm_to_degrees(-7956.3434))
+    lat = readers.ddmm_to_degrees(np.array([4313.7323, 4313.7333, 4313.7343]))
+    enu = readers.latlon_to_enu(
+        lat, np.full(3, readers.ddmm_to_degrees(-7956.3434)), lat[0], float(readers.ddmm_to_degrees(-7956.3434))
     )
     step = enu[2, 1] - enu[1, 1]
     want = [0.0, (enu[1, 1] + step / 3) / 100.0, 0.0, 1.0, step / 0.3 / 10.0]  # north; contract scales
@@ -136,18 +137,18 @@ def test_radar_is_moved_into_the_lidar_frame_with_the_sequence_calibration(root,
     (seq / "calib" / "radar").mkdir(parents=True)
     pose = {"translation": [2.0, -1.0, -0.5], "coordinatesOffset": [0, 0, 0], "rotation": [0.0, 0.0, 0.4]}
     (seq / "calib" / "radar" / "front_points.json").write_text(json.dumps(pose))
-    calibrated = pipeline.build_cmht_source(DataConfig(root=str(tmp_path)), MODEL)
-    plain = pipeline.build_cmht_source(DataConfig(root=str(root)), MODEL)
-    points = cmht.read_pcd(seq / "radar" / "front_points" / "00000004.pcd")
+    calibrated = dataset.build_cmht_source(DataConfig(root=str(tmp_path)), MODEL)
+    plain = dataset.build_cmht_source(DataConfig(root=str(root)), MODEL)
+    points = pcd.read_pcd(seq / "radar" / "front_points" / "00000004.pcd")
     grid = contract.bev_grid(MODEL.bev, SHAPES["radar"])
-    to_lidar = cmht.radar_to_lidar(pose["rotation"], pose["translation"])
+    to_lidar = readers.radar_to_lidar(pose["rotation"], pose["translation"])
     np.testing.assert_array_equal(calibrated[4]["radar"], transforms.radar_bev(points, grid, to_lidar=to_lidar))
     np.testing.assert_array_equal(plain[4]["radar"], transforms.radar_bev(points, grid))
     assert not np.array_equal(calibrated[4]["radar"][..., 0], plain[4]["radar"][..., 0])
 
 
 def test_batch_format(source):
-    (batch,) = _take(pipeline.build_pipeline(source, batch_size=4, seed=0, shard_index=0, shard_count=1), 1)
+    (batch,) = _take(dataset.build_pipeline(source, batch_size=4, seed=0, shard_index=0, shard_count=1), 1)
     assert set(batch) == set(SHAPES) | {"valid", "timestamp"}
     for k, shape in SHAPES.items():
         assert batch[k].shape == (4, *shape) and batch[k].dtype == np.float32
@@ -157,14 +158,14 @@ def test_batch_format(source):
 
 def test_workers_give_identical_batches(source):
     kw = dict(batch_size=4, seed=7, shard_index=0, shard_count=1)
-    serial = _take(pipeline.build_pipeline(source, num_workers=0, **kw), 4)
-    parallel = _take(pipeline.build_pipeline(source, num_workers=2, **kw), 4)
+    serial = _take(dataset.build_pipeline(source, num_workers=0, **kw), 4)
+    parallel = _take(dataset.build_pipeline(source, num_workers=2, **kw), 4)
     _assert_batches_equal(serial, parallel)
 
 
 def test_epochs_reshuffle_and_state_resumes_exactly(source):
     kw = dict(batch_size=4, seed=1, shard_index=0, shard_count=1)
-    it = pipeline.build_pipeline(source, **kw)
+    it = dataset.build_pipeline(source, **kw)
     first = [next(it) for _ in range(3)]  # 12 samples / 4 = one epoch
     state = it.get_state()
     rest = [next(it) for _ in range(4)]  # the second epoch and into the third
@@ -174,14 +175,14 @@ def test_epochs_reshuffle_and_state_resumes_exactly(source):
     np.testing.assert_array_equal(np.sort(epoch1), all_t)
     np.testing.assert_array_equal(np.sort(epoch2), all_t)
     assert not np.array_equal(epoch1, epoch2)  # reshuffled per epoch
-    resumed = pipeline.build_pipeline(source, **kw)
+    resumed = dataset.build_pipeline(source, **kw)
     resumed.set_state(state)
     _assert_batches_equal(rest, [next(resumed) for _ in range(4)])
 
 
 def test_shards_partition_the_samples(source):
     def stamps(index, count):
-        it = pipeline.build_pipeline(
+        it = dataset.build_pipeline(
             source,
             batch_size=1,
             seed=0,
@@ -197,13 +198,13 @@ def test_shards_partition_the_samples(source):
     assert [len(s) for s in shards] == [4, 4, 4]
     assert sorted(sum(shards, [])) == sorted(source.records.tables[0].timestamps.tolist())
     with pytest.raises(ValueError, match="shard_index"):
-        pipeline.build_pipeline(source, batch_size=1, seed=0, shard_index=3, shard_count=3)
+        dataset.build_pipeline(source, batch_size=1, seed=0, shard_index=3, shard_count=3)
 
 
 def test_corrupt_record_skip_counts_and_raise_names_the_file(root, tmp_path):
     copy = tmp_path / "cmht"
     shutil.copytree(root, copy)
-    src = pipeline.build_cmht_source(DataConfig(root=str(copy), on_error="skip"), MODEL)
+    src = dataset.build_cmht_source(DataConfig(root=str(copy), on_error="skip"), MODEL)
     rec = src.records[5]
     bad_lidar, bad_rgb = rec.files["lidar"], rec.files["rgb"]
     with open(bad_lidar, "wb") as f:
@@ -216,18 +217,18 @@ def test_corrupt_record_skip_counts_and_raise_names_the_file(root, tmp_path):
     assert s["valid"]["imu"] == rec.valid["imu"]
     assert src.decoder.skipped == {"lidar": 1, "rgb": 1}
     assert src[4]["valid"]["lidar"]
-    strict = pipeline.build_cmht_source(DataConfig(root=str(copy), on_error="raise"), MODEL)
-    with pytest.raises(cmht.CMHTFormatError, match=str(bad_lidar).replace("\\", "\\\\")):
+    strict = dataset.build_cmht_source(DataConfig(root=str(copy), on_error="raise"), MODEL)
+    with pytest.raises(readers.CMHTFormatError, match=str(bad_lidar).replace("\\", "\\\\")):
         strict[5]
 
 
 def test_ensure_dataset(tmp_path):
     missing = DataConfig(root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        pipeline.ensure_dataset(missing)
+        synthetic.ensure_dataset(missing)
     cfg = DataConfig(root=str(tmp_path / "made"), synthesize_if_missing=True, synthetic_frames=2)
-    root = pipeline.ensure_dataset(cfg)
+    root = synthetic.ensure_dataset(cfg)
     assert root == tmp_path / "made"
-    (seq,) = cmht.find_sequences(root)
+    (seq,) = index.find_sequences(root)
     assert len(seq.streams["lidar"].files) == 2
-    assert pipeline.ensure_dataset(cfg) == root  # present: left alone
+    assert synthetic.ensure_dataset(cfg) == root  # present: left alone

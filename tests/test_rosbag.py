@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from rosbags.rosbag2 import Writer
 
-from src.data import cmht, rosbag
+from src.data import pcd, rosbag
+from src.data.cmht import index, readers
 from src.pretraining import data as pretrain_data
 
 T = rosbag.TYPESTORE.types
@@ -115,12 +116,12 @@ def test_topics_map_by_message_type():
     assert rosbag.map_topics(conns) == {"lidar": "/a/points", "radar": "/radar_front", "rgb": "/cam",
                                         "ir": "/thermal/img", "imu": "/imu", "gps": "/fix"}  # fmt: skip
     assert rosbag.map_topics(conns, {"lidar": "/radar_front"})["lidar"] == "/radar_front"
-    with pytest.raises(cmht.CMHTFormatError, match="/cam"):
+    with pytest.raises(readers.CMHTFormatError, match="/cam"):
         rosbag.map_topics(conns, {"lidar": "/cam"})
 
 
 def test_bag_reads_into_streams(bag):
-    report = cmht.Report()
+    report = readers.Report()
     seq = rosbag.RosbagSequence(bag, {"ir": "/ir/image_raw"}, report=report)
     assert set(seq.streams) == {"lidar", "radar", "rgb", "ir", "gps_imu"}
     assert any("/diagnostics_blob" in p for p in report.ignored)
@@ -133,14 +134,14 @@ def test_bag_reads_into_streams(bag):
             np.testing.assert_array_equal(got[k], cloud[k])
     np.testing.assert_array_equal(seq.read("rgb", 2), RGB[2])  # row padding (step > width * 3) removed
     np.testing.assert_array_equal(seq.read("ir", 0), IR[1])
-    compressed = rosbag.RosbagSequence(bag, report=cmht.Report())  # default: the first ir topic by name
+    compressed = rosbag.RosbagSequence(bag, report=readers.Report())  # default: the first ir topic by name
     assert compressed.topics["ir"] == "/ir/image_raw"
     other = rosbag.RosbagSequence(bag, {"ir": "/ir/image_raw/compressed"})
     np.testing.assert_array_equal(other.read("ir", 0), IR[0])
 
 
 def test_bag_gps_imu_holds_fixes(bag):
-    report = cmht.Report()
+    report = readers.Report()
     seq = rosbag.RosbagSequence(bag, on_error="skip", report=report)
     g = seq.gps_imu()
     # IMU at 100.00 .. 100.35 every 0.05 s; fixes at 100.02, 100.22 and a no-fix status at 100.31
@@ -153,12 +154,12 @@ def test_bag_gps_imu_holds_fixes(bag):
     # REP 103 forward-left-up as published -> the sensor contract's forward-right-down (y, z flipped)
     np.testing.assert_allclose(g.gyro[3], [0.3, 0.0, 0.2])
     np.testing.assert_allclose(g.accel[3], [0, -0.5, -9.8])
-    with pytest.raises(cmht.CMHTFormatError, match="GPS fix"):
+    with pytest.raises(readers.CMHTFormatError, match="GPS fix"):
         rosbag.RosbagSequence(bag).gps_imu()
 
 
 def test_read_bag_decodes_everything_into_memory(bag):
-    b = rosbag.read_bag(bag, topics={"ir": "/ir/image_raw/compressed"}, on_error="skip", report=cmht.Report())
+    b = rosbag.read_bag(bag, topics={"ir": "/ir/image_raw/compressed"}, on_error="skip", report=readers.Report())
     assert b.topics["ir"] == "/ir/image_raw/compressed" and set(b.points) == {"lidar", "radar"}
     for got, cloud in zip(b.points["lidar"], CLOUDS, strict=True):
         for k in cloud:
@@ -175,13 +176,13 @@ def test_read_bag_decodes_everything_into_memory(bag):
 
 
 def test_bad_topic_override_names_the_bag(bag):
-    with pytest.raises(cmht.CMHTFormatError, match=f"{bag}.*'/imu/data' for lidar"):
+    with pytest.raises(readers.CMHTFormatError, match=f"{bag}.*'/imu/data' for lidar"):
         rosbag.RosbagSequence(bag, {"lidar": "/imu/data"})
 
 
 def test_unreadable_bag(tmp_path):
     (tmp_path / "nobag").mkdir()
-    with pytest.raises(cmht.CMHTFormatError, match="nobag"):
+    with pytest.raises(readers.CMHTFormatError, match="nobag"):
         rosbag.RosbagSequence(tmp_path / "nobag")
 
 
@@ -241,20 +242,20 @@ def bag_root(tmp_path_factory):
 def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
     out = rosbag.convert_bag(bag_root / "drive_1", tmp_path / "seqs" / "drive_1")
     assert sorted(p.name for p in (tmp_path / "seqs").iterdir()) == ["drive_1"]  # the temp folder is gone
-    (seq,) = cmht.find_sequences(tmp_path / "seqs")
+    (seq,) = index.find_sequences(tmp_path / "seqs")
     assert seq.path == out and set(seq.streams) == {"lidar", "rgb", "ir", "gps_imu"}
     for sensor in ("lidar", "rgb", "ir"):
         np.testing.assert_array_equal(seq.streams[sensor].timestamps, np.round(CONV_T[sensor] * 1000) / 1000)
     np.testing.assert_array_equal(seq.streams["gps_imu"].timestamps, np.round(CONV_T["imu"] * 1000) / 1000)
     for path, cloud in zip(seq.streams["lidar"].files, CONV_CLOUDS, strict=True):
-        got = cmht.read_pcd(path)
+        got = pcd.read_pcd(path)
         for k in cloud:
             np.testing.assert_array_equal(got[k], cloud[k])
             assert got[k].dtype == cloud[k].dtype
     assert [p.suffix for p in seq.streams["rgb"].files] == [".jpg"] * 9
     assert seq.streams["rgb"].files[4].read_bytes() == _jpeg(4)  # the published JPEG, not re-encoded
     src = rosbag.RosbagSequence(bag_root / "drive_1")
-    np.testing.assert_array_equal(cmht.read_image(seq.streams["ir"].files[3]), src.read("ir", 3))
+    np.testing.assert_array_equal(readers.read_image(seq.streams["ir"].files[3]), src.read("ir", 3))
     g = seq.gps_imu()
     assert g.valid.all() and g.fix_changed.tolist() == [True] + [False] * 5 + [True] + [False] * 7
     np.testing.assert_allclose(g.lat[:6], CONV_FIXES[0][0], rtol=0, atol=1e-6)
@@ -267,19 +268,19 @@ def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
 
 
 def test_failed_conversion_leaves_nothing_and_skip_drops_records(bag, tmp_path):
-    with pytest.raises(cmht.CMHTFormatError, match="GPS fix"):  # IMU records before the first fix
+    with pytest.raises(readers.CMHTFormatError, match="GPS fix"):  # IMU records before the first fix
         rosbag.convert_bag(bag, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
-    report = cmht.Report()
-    seq = cmht.read_sequence(rosbag.convert_bag(bag, tmp_path / "out", on_error="skip", report=report))
+    report = readers.Report()
+    seq = index.read_sequence(rosbag.convert_bag(bag, tmp_path / "out", on_error="skip", report=report))
     assert set(seq.streams) == {"lidar", "radar", "rgb", "ir", "gps_imu"} and report.skipped["gps_imu"] == 2
     np.testing.assert_allclose(seq.gps_imu().t, 100.0 + 0.05 * np.arange(1, 7), atol=1e-9)
-    np.testing.assert_array_equal(cmht.read_image(seq.streams["rgb"].files[2]), RGB[2])  # raw -> lossless PNG
+    np.testing.assert_array_equal(readers.read_image(seq.streams["rgb"].files[2]), RGB[2])  # raw -> lossless PNG
 
 
 def test_degrees_to_ddmm_round_trips():
     deg = np.array([43.228872, -79.939057, 0.0, 12.99999999999, -0.5])
-    np.testing.assert_allclose(cmht.ddmm_to_degrees(rosbag.degrees_to_ddmm(deg)), deg, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(readers.ddmm_to_degrees(rosbag.degrees_to_ddmm(deg)), deg, rtol=0, atol=1e-8)
     assert rosbag.degrees_to_ddmm(np.array([12.99999999999]))[0] == 1300.0  # a rounded 60' carries over
 
 

@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from src.data import cmht, synthetic, transforms
+from src.data import pcd, synthetic, transforms
+from src.data.cmht import index, inspect, readers
 
 FRAMES = 45  # 4.5 s: more than one held GPS fix
 
@@ -23,24 +24,24 @@ def seq_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seq(seq_dir):
-    report = cmht.Report()
-    (s,) = cmht.find_sequences(seq_dir.parent, report=report)
+    report = readers.Report()
+    (s,) = index.find_sequences(seq_dir.parent, report=report)
     assert report.as_dict() == {"problems": [], "skipped": {}, "ignored": []}
     return s
 
 
 def test_layout_and_formats(seq, seq_dir):
-    assert set(seq.streams) == set(cmht.SENSORS)
+    assert set(seq.streams) == set(index.SENSORS)
     assert (seq_dir / "lidar" / "00000000.pcd").is_file() and (
         seq_dir / "Gps_Imu" / "dataformat.txt"
     ).is_file()
     assert (seq_dir / "camera" / "front" / "timestamp.txt").is_file()
-    lidar = cmht.read_pcd(seq.streams["lidar"].files[0])
+    lidar = pcd.read_pcd(seq.streams["lidar"].files[0])
     assert list(lidar) == ["x", "y", "z", "intensity", "ring", "time"] and len(lidar["x"]) == 4000
     assert lidar["ring"].dtype == np.uint16 and lidar["x"].dtype == np.float32
-    radar = cmht.read_pcd(seq.streams["radar"].files[0])
+    radar = pcd.read_pcd(seq.streams["radar"].files[0])
     assert list(radar) == ["x", "y", "z", "vx", "vy", "rcs"]
-    rgb, ir = cmht.read_image(seq.streams["rgb"].files[0]), cmht.read_image(seq.streams["ir"].files[0])
+    rgb, ir = readers.read_image(seq.streams["rgb"].files[0]), readers.read_image(seq.streams["ir"].files[0])
     assert rgb.shape == (720, 1280, 3) and rgb.dtype == np.uint8
     assert ir.shape == (512, 640) and ir.dtype == np.uint16 and ir.max() > 255
     # calibration: the real sample's values
@@ -54,11 +55,11 @@ def test_layout_and_formats(seq, seq_dir):
 
 def test_sensors_run_at_distinct_rates_with_drops(seq):
     assert len(seq.streams["lidar"]) == FRAMES
-    rates = {k: cmht.stream_stats(s.timestamps)["rate_hz"] for k, s in seq.streams.items()}
+    rates = {k: inspect.stream_stats(s.timestamps)["rate_hz"] for k, s in seq.streams.items()}
     for name, nominal in synthetic.RATES.items():
         assert rates[name] == pytest.approx(nominal, rel=0.08), name
     assert len({round(rates[k]) for k in ("lidar", "rgb", "ir", "radar")}) == 4
-    gaps = sum(cmht.stream_stats(s.timestamps)["gaps"] for s in seq.streams.values())
+    gaps = sum(inspect.stream_stats(s.timestamps)["gaps"] for s in seq.streams.values())
     assert gaps > 0  # dropped frames leave holes in time
     lidar_t = seq.streams["lidar"].timestamps
     for s in seq.streams.values():  # every sensor covers the LiDAR time span
@@ -93,9 +94,9 @@ def test_scene_is_consistent_across_lidar_labels_and_cameras(seq):
     assert 0.75 * FRAMES <= len(labelled) < FRAMES  # some sweeps stay unlabelled
     hit = total = 0
     for i in labelled[:10]:
-        pts = cmht.read_pcd(seq.streams["lidar"].files[i])
-        labels = cmht.read_labels(seq.labels[i])
-        for box, cls in zip(cmht.label_boxes(labels), cmht.label_classes(labels)):
+        pts = pcd.read_pcd(seq.streams["lidar"].files[i])
+        labels = readers.read_labels(seq.labels[i])
+        for box, cls in zip(readers.label_boxes(labels), readers.label_classes(labels)):
             if np.hypot(box[0], box[1]) > 25:
                 continue
             inside = _in_box(pts["x"], pts["y"], box) & (pts["z"] > box[2] - box[5] / 2 + 0.05)
@@ -112,8 +113,8 @@ def test_scene_is_consistent_across_lidar_labels_and_cameras(seq):
         j = int(np.argmin(np.abs(ir_t - t)))
         if abs(ir_t[j] - t) > 0.01:
             continue
-        image = cmht.read_image(seq.streams["ir"].files[j])
-        for box in cmht.label_boxes(cmht.read_labels(seq.labels[i])):
+        image = readers.read_image(seq.streams["ir"].files[j])
+        for box in readers.label_boxes(readers.read_labels(seq.labels[i])):
             (u, v), depth = synthetic.project(box[:3], seq.calib["ir"])
             if 3 < depth < 40 and 0 <= u < 640 and 0 <= v < 512:
                 warm += image[int(v), int(u)] > 5000
@@ -121,7 +122,7 @@ def test_scene_is_consistent_across_lidar_labels_and_cameras(seq):
 
 
 def test_radar_points_carry_box_velocities(seq):
-    pts = cmht.read_pcd(seq.streams["radar"].files[5])  # in the radar's frame: velocities rotate into the LiDAR's
+    pts = pcd.read_pcd(seq.streams["radar"].files[5])  # in the radar's frame: velocities rotate into the LiDAR's
     to_lidar = seq.calib["radar"]["to_lidar"]
     vx = (np.stack([pts["vx"], pts["vy"], np.zeros_like(pts["vx"])], -1) @ to_lidar[:3, :3].T)[:, 0]
     moving = np.abs(vx + synthetic.EGO_SPEED) > 1.0  # static clutter closes in at the ego speed
@@ -172,7 +173,7 @@ def test_cli_and_inspect(tmp_path, capsys):
     synthetic.main(["cmht", "--out", str(tmp_path / "root" / "s"), "--frames", "4", "--points", "800"])
     capsys.readouterr()
     png = tmp_path / "bev.png"
-    cmht.main(["inspect", str(tmp_path / "root"), "--json", "--bev-png", str(png), "--deep"])
+    inspect.main(["inspect", str(tmp_path / "root"), "--json", "--bev-png", str(png), "--deep"])
     doc = json.loads(capsys.readouterr().out)
     (info,) = doc["sequences"]
     assert info["sensors"]["lidar"]["frames"] == 4 and info["problems"] == []
@@ -187,17 +188,17 @@ def test_inspect_names_every_corrupt_sensor_file(seq_dir, tmp_path, capsys, deep
     root = tmp_path / "root"
     shutil.copytree(seq_dir, root / "seq")
     flags = ["--deep"] if deep else []
-    cmht.main(["inspect", str(root), "--json", *flags])
+    inspect.main(["inspect", str(root), "--json", *flags])
     (clean,) = json.loads(capsys.readouterr().out)["sequences"]
     assert clean["bad_files"] == [] and clean["problems"] == []
     pcd = root / "seq" / "lidar" / "00000007.pcd"
     pcd.write_bytes(pcd.read_bytes()[:300])
     jpg = root / "seq" / "camera" / "front" / "00000003.jpg"
     jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])
-    cmht.main(["inspect", str(root), "--json", *flags])
+    inspect.main(["inspect", str(root), "--json", *flags])
     (info,) = json.loads(capsys.readouterr().out)["sequences"]
     assert {(b["sensor"], b["file"]) for b in info["bad_files"]} == {("lidar", str(pcd)), ("rgb", str(jpg))}
     assert sum(str(pcd) in p for p in info["problems"]) == 1 and sum(str(jpg) in p for p in info["problems"]) == 1
-    cmht.main(["inspect", str(root), *flags])
+    inspect.main(["inspect", str(root), *flags])
     text = capsys.readouterr().out
     assert f"problem: {pcd}" in text and f"problem: {jpg}" in text and "bad sensor files: 2" in text

@@ -10,7 +10,8 @@ import pytest
 
 from src import contract
 from src.config import BevConfig
-from src.data import cmht, synthetic
+from src.data import synthetic
+from src.data.cmht import index
 from src.terrain import sources
 from src.terrain.extract import GroundGeometry, ScanConfig, Trajectory, extract_patches, scan_ends
 from src.terrain.synthetic import ground_texture, stripe_drive
@@ -145,7 +146,7 @@ def test_topdown_episode_round_trip(tmp_path):
 
 
 def test_cmht_fixture_gps_gives_poses_heading_along_motion():
-    seq = cmht.read_sequence(FIXTURE)
+    seq = index.read_sequence(FIXTURE)
     t = seq.gps_imu().t
     poses, ok = sources.cmht_poses(seq, t)
     assert ok.sum() > 100
@@ -166,7 +167,7 @@ def synthetic_cmht(tmp_path_factory):
 
 def test_cmht_sequence_lidar_bev_trajectory_gives_patches(synthetic_cmht):
     grid = contract.bev_grid(BevConfig(x_range=(-12.8, 12.8), y_range=(-12.8, 12.8)), (128, 128, 4))
-    traj = sources.cmht_trajectory(cmht.read_sequence(synthetic_cmht), grid, ("intensity", "height"))
+    traj = sources.cmht_trajectory(index.read_sequence(synthetic_cmht), grid, ("intensity", "height"))
     geom = sources.cmht_geometry(grid)
     assert (geom.robot_row, geom.robot_col, geom.px_per_m) == (63.5, 63.5, 5.0)
     assert traj.images.shape == (55, 128, 128, 2) and traj.pose_valid.sum() > 30

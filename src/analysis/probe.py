@@ -29,8 +29,8 @@ from flax import nnx
 
 from src import config
 from src.config import PretrainConfig
-from src.data import cmht, pipeline
-from src.infra.checkpoint import Checkpointer, import_encoder, load_encoder_config
+from src.data.cmht import dataset, index, readers
+from src.infra.checkpoint import import_encoder, load_encoder_config
 from src.models.raceformer import Raceformer
 from src.objectives.masked_modeling import masked_predictions
 from src.pretraining import step as pretrain_step
@@ -44,7 +44,7 @@ QUADRANTS = ("front_left", "front_right", "rear_left", "rear_right")
 
 
 def label_targets(boxes: np.ndarray, radius: float = RADIUS_M, far: float = FAR_M) -> tuple[np.ndarray, float]:
-    """Boxes [K, 7] (LiDAR frame, `cmht.label_boxes`) -> (occupied bool [4] in `QUADRANTS` order, nearest m)."""
+    """Boxes [K, 7] (LiDAR frame, `readers.label_boxes`) -> (occupied bool [4] in `QUADRANTS` order, nearest m)."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
     x, y = boxes[:, 0], boxes[:, 1]
     d = np.hypot(x, y)
@@ -183,20 +183,20 @@ def labelled_samples(cfg: PretrainConfig, max_samples: int = 256) -> tuple[dict[
     """Up to `max_samples` labelled CMHT samples of `cfg.data` (evenly spread): (stacked samples, occupied
     bool [N, 4], nearest distance [N]). Samples whose sweep has no label file are left out."""
     root = Path(cfg.data.root)
-    sequences = {s.name: s for s in cmht.find_sequences(root, on_error=cfg.data.on_error)}
-    source = pipeline.CMHTDataSource(list(sequences.values()), cfg.data, cfg.model.modalities, cfg.model.bev)
+    sequences = {s.name: s for s in index.find_sequences(root, on_error=cfg.data.on_error)}
+    source = dataset.CMHTDataSource(list(sequences.values()), cfg.data, cfg.model.modalities, cfg.model.bev)
     labelled = []
     for i in range(len(source)):
         s, row = source.records.locate(i)
         seq = sequences[source.records.names[s]]
-        path = seq.labels.get(pipeline.sweep_frame(seq, row))
+        path = seq.labels.get(index.sweep_frame(seq, row))
         if path is not None:
             labelled.append((i, path))
     if len(labelled) < 4:
         raise ValueError(f"{root}: {len(labelled)} samples with a label file; a probe needs >= 4")
     pick = np.unique(np.linspace(0, len(labelled) - 1, min(max_samples, len(labelled))).round().astype(int))
     items = [source[labelled[k][0]] for k in pick]
-    targets = [label_targets(cmht.label_boxes(cmht.read_labels(labelled[k][1]))) for k in pick]
+    targets = [label_targets(readers.label_boxes(readers.read_labels(labelled[k][1]))) for k in pick]
     mods = tuple(cfg.model.modalities)
     samples = {m: np.stack([it[m] for it in items]) for m in mods}
     samples["valid"] = {m: np.array([bool(it["valid"][m]) for it in items]) for m in mods}
@@ -205,6 +205,8 @@ def labelled_samples(cfg: PretrainConfig, max_samples: int = 256) -> tuple[dict[
 
 def restore_pretrained(run_dir: Path, cfg: PretrainConfig) -> Raceformer | None:
     """The full pretrained model (with its masked-modeling head) from the run's latest checkpoint, if any."""
+    from src.infra.checkpoint import Checkpointer
+
     ckpt = Checkpointer(run_dir / "ckpt", save_every=1, keep=1)
     try:
         step = ckpt.latest_step()

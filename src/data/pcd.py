@@ -15,6 +15,8 @@ from pathlib import Path
 import lzf
 import numpy as np
 
+from src.data.cmht.readers import CMHTFormatError
+
 ENCODINGS = ("ascii", "binary", "binary_compressed")
 _NUMPY_TYPES = {
     ("F", 4): "<f4",
@@ -30,10 +32,6 @@ _NUMPY_TYPES = {
 }
 _PCD_TYPES = {np.dtype(v).str.lstrip("<|"): k for k, v in _NUMPY_TYPES.items()}
 _MAX_HEADER_LINES = 64
-
-
-class CMHTFormatError(ValueError):
-    """A dataset file that cannot be read as what it claims to be; the message names the file and the problem."""
 
 
 def _header(raw: bytes, path: str | Path) -> tuple[dict[str, list[str]], int]:

@@ -37,8 +37,9 @@ from rosbags.rosbag2 import Reader, ReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from src import contract
-from src.data import cmht
-from src.data.cmht import CMHTFormatError, OnError, Report
+from src.data.cmht.index import read_sequence
+from src.data.cmht.readers import CMHTFormatError, G, GpsImu, OnError, Report, latlon_to_enu, report_problem
+from src.data.pcd import write_pcd
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 IMAGE = "sensor_msgs/msg/Image"
@@ -252,7 +253,7 @@ class RosbagSequence:
             keep = np.ones(len(t), np.bool_)
             keep[1:] = t[1:] > np.maximum.accumulate(t)[:-1]
             if not keep.all():
-                cmht.report_problem(
+                report_problem(
                     f"{self.path}: topic {topic}: {int((~keep).sum())} message(s) not strictly later than the "
                     "previous ones; dropped",
                     on_error,
@@ -279,7 +280,7 @@ class RosbagSequence:
         return [msgs[i] for i in ch.positions] if index is None else msgs[:1]
 
     def read(self, sensor: str, index: int) -> dict[str, np.ndarray] | np.ndarray:
-        """Record `index` of lidar/radar (point fields, as `cmht.read_pcd`) or rgb/ir (pixels, as `read_image`)."""
+        """Record `index` of lidar/radar (point fields, as `pcd.read_pcd`) or rgb/ir (pixels, as `read_image`)."""
         ch = self.channels[sensor]
         where = f"{self.path}: topic {ch.topic} message {index}"
         (msg,) = self._messages(sensor, index)
@@ -287,7 +288,7 @@ class RosbagSequence:
             return pointcloud2_fields(msg, where)
         return image_pixels(msg, ch.msgtype, where)
 
-    def gps_imu(self) -> cmht.GpsImu:
+    def gps_imu(self) -> GpsImu:
         """IMU records with the latest NavSatFix at or before each (held; fix_changed where a new fix arrived)."""
         if "imu" not in self.channels:
             raise CMHTFormatError(f"{self.path}: no sensor_msgs/msg/Imu topic for the gps_imu records")
@@ -307,7 +308,7 @@ class RosbagSequence:
         valid[has_fix] &= fix_ok[fix[has_fix]]
         bad = int(n - valid.sum())
         if bad:
-            cmht.report_problem(
+            report_problem(
                 f"{self.path}: {bad} IMU record(s) without a valid GPS fix or with non-finite values",
                 self.on_error,
                 self.report,
@@ -320,13 +321,13 @@ class RosbagSequence:
         changed = np.zeros(n, np.bool_)
         if valid.any():
             first = int(np.argmax(valid))
-            enu[valid] = cmht.latlon_to_enu(out_lat[valid], out_lon[valid], out_lat[first], out_lon[first])
+            enu[valid] = latlon_to_enu(out_lat[valid], out_lon[valid], out_lat[first], out_lon[first])
             f = fix[valid]
             c = np.ones(len(f), np.bool_)
             c[1:] = f[1:] != f[:-1]
             changed[valid] = c
         zero = ~valid[:, None]
-        return cmht.GpsImu(
+        return GpsImu(
             t=t,
             lat=out_lat,
             lon=out_lon,
@@ -353,7 +354,7 @@ class BagStreams:
     images: dict[str, list[np.ndarray]]
     imu: np.ndarray
     navsat: np.ndarray
-    gps_imu: cmht.GpsImu | None
+    gps_imu: GpsImu | None
 
 
 def read_bag(
@@ -413,7 +414,7 @@ def _whole_ms(name: str, t: np.ndarray, where: str, on_error: OnError, report: R
     keep = np.ones(len(ms), np.bool_)
     keep[1:] = ms[1:] > np.maximum.accumulate(ms)[:-1]
     if not keep.all():
-        cmht.report_problem(
+        report_problem(
             f"{where}: {int((~keep).sum())} {name} record(s) in the same millisecond as an earlier one; dropped",
             on_error,
             report,
@@ -451,7 +452,7 @@ def _write_gps_imu(seq: RosbagSequence, folder: Path) -> None:
     """The valid gps_imu records as 8-line text files (accel in G, as in the frame release) + timestamps."""
     g = seq.gps_imu()
     keep = g.valid & _whole_ms("gps_imu", g.t, str(seq.path), seq.on_error, seq.report)
-    rows = np.column_stack([degrees_to_ddmm(g.lat), degrees_to_ddmm(g.lon), g.gyro, g.accel / cmht.G])[keep]
+    rows = np.column_stack([degrees_to_ddmm(g.lat), degrees_to_ddmm(g.lon), g.gyro, g.accel / G])[keep]
     for i, r in enumerate(rows.tolist()):
         (folder / f"{i:08d}.txt").write_text(f"{r[0]:.7f}\n{r[1]:.7f}\n" + "\n".join(repr(v) for v in r[2:]))
     _write_stamps(folder, g.t[keep])
@@ -482,7 +483,7 @@ def _write_sequence(seq: RosbagSequence, out: Path) -> None:
             msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
             where = f"{seq.path}: topic {conn.topic} message {position}"
             if conn.msgtype == POINTCLOUD2:
-                cmht.write_pcd(folder / f"{index[position]:08d}.pcd", pointcloud2_fields(msg, where))
+                write_pcd(folder / f"{index[position]:08d}.pcd", pointcloud2_fields(msg, where))
             else:
                 _write_image(folder, index[position], msg, conn.msgtype, sensor, where)
     if "imu" in seq.channels:
@@ -499,7 +500,7 @@ def convert_bag(
     on_error: OnError = "raise",
     report: Report | None = None,
 ) -> Path:
-    """Write a ROS2 bag as one sequence folder `out_dir` in the frame layout (`cmht.find_sequences` reads it).
+    """Write a ROS2 bag as one sequence folder `out_dir` in the frame layout (`index.find_sequences` reads it).
 
     lidar/ and radar/points/ hold PCD, camera/front/ and camera/ir/ the JPEG/PNG payloads as published (raw
     images as PNG), Gps_Imu/data/ the IMU records with the held fix; each folder's timestamp.txt has the bag
@@ -550,7 +551,7 @@ def convert_bags(root: str | Path, *, on_error: OnError = "raise", report: Repor
         except FileExistsError:
             continue  # another process converted it meanwhile
         except CMHTFormatError as e:
-            cmht.report_problem(f"{e}; bag left out", on_error, report, "bag")
+            report_problem(f"{e}; bag left out", on_error, report, "bag")
     return done
 
 
@@ -572,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
         topics[sensor] = topic
     report = Report()
     out = convert_bag(args.bag, args.out, topics=topics, on_error=args.on_error, report=report)
-    seq = cmht.read_sequence(out)
+    seq = read_sequence(out)
     print(f"wrote {out}: " + ", ".join(f"{s} {len(st)}" for s, st in seq.streams.items()))
     for problem in report.problems:
         print(f"  skipped: {problem}")

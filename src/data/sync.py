@@ -22,25 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from src.contract import GPS_LAYOUT, gps_vector
+from src.data.cmht.readers import GpsImu
 
 NEAREST_SENSORS = ("rgb", "ir", "radar")
 GPS_HOLD_S = 1.0  # seconds a GPS fix is held beyond the first/last change point (module docstring)
-
-
-class GpsImuLike(Protocol):
-    """The fields of `cmht.GpsImu` that sync reads (t [N] s, enu [N, 2] m, gyro/accel [N, 3], masks [N])."""
-
-    t: np.ndarray
-    enu: np.ndarray
-    gyro: np.ndarray
-    accel: np.ndarray
-    fix_changed: np.ndarray
-    valid: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -180,7 +170,7 @@ def gps_track(
 def sync_sequence(
     lidar_t: np.ndarray,
     sensor_t: Mapping[str, np.ndarray],
-    gps_imu: GpsImuLike | None,
+    gps_imu: GpsImu | None,
     *,
     tolerance: Mapping[str, float] | None = None,
     gps_max_gap: float = 10.0,
@@ -191,7 +181,8 @@ def sync_sequence(
     """Align one sequence to its LiDAR sweeps (times `lidar_t`, seconds, increasing).
 
     sensor_t: timestamps of the nearest-neighbour sensors present (rgb, ir, radar; a missing key = that sensor
-    is absent, all invalid). tolerance: seconds per sensor, overriding half the median period.
+    is absent, all invalid). gps_imu: the sequence's GPS/IMU records (t, enu, gyro, accel, fix_changed and valid
+    are read); None = absent, GPS and IMU invalid. tolerance: seconds per sensor, overriding half the median period.
     """
     lidar_t = np.asarray(lidar_t, np.float64)
     s = len(lidar_t)

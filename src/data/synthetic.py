@@ -28,12 +28,16 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from src.data.cmht import radar_to_lidar
+from src.config import DataConfig
+from src.data.cmht.readers import radar_to_lidar
 from src.data.pcd import write_pcd
 
 T0_MS = 923_331_000  # the real sample's first timestamp: an arbitrary epoch, not Unix time
@@ -50,7 +54,6 @@ LIDAR_ELEVATION_DEG = (-25.0, -1.2)
 MAX_RANGE = 100.0
 EGO_SPEED = 12.0
 FRONT_SIZE, IR_SIZE = (1280, 720), (640, 512)
-G = 9.80665
 
 FRONT_CALIB = {
     "extrinsic": [
@@ -70,7 +73,7 @@ IR_CALIB = {
     ],
     "intrinsic": [757.158013839009, 0.0, 336.551379339968, 0.0, 757.102894126381, 272.352206300216, 0.0, 0.0, 1.0],
 }  # fmt: skip
-# radar -> LiDAR pose (SUSTechPOINTS format, `cmht.radar_to_lidar`): 2.2 m ahead, 0.3 m left, 1.3 m below the LiDAR
+# radar -> LiDAR pose (SUSTechPOINTS format, `radar_to_lidar`): 2.2 m ahead, 0.3 m left, 1.3 m below the LiDAR
 RADAR_CALIB = {"translation": [2.2, 0.3, -1.3], "coordinatesOffset": [0, 0, 0], "rotation": [0, 0, 0.12]}
 RADAR_TO_LIDAR = radar_to_lidar(RADAR_CALIB["rotation"], RADAR_CALIB["translation"])
 DATAFORMAT = (
@@ -499,6 +502,38 @@ def write_cmht_sequence(
     ):
         (out / "calib" / f"{name}.json").write_text(json.dumps(calib, indent=4))
     return out
+
+
+
+def ensure_dataset(data_cfg: DataConfig) -> Path:
+    """`data_cfg.root`, writing a synthetic CMHT set there first when it is missing and the config allows it."""
+    root = Path(data_cfg.root)
+    if root.exists():
+        return root
+    if not data_cfg.synthesize_if_missing:
+        raise FileNotFoundError(
+            f"data.root={root} does not exist (set data.synthesize_if_missing=true to write a synthetic set there)"
+        )
+    print(
+        f"data.root={root} does not exist and data.synthesize_if_missing is set: writing a synthetic CMHT "
+        f"sequence of {data_cfg.synthetic_frames} LiDAR sweeps there (real on-disk format) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    # Written beside the target and renamed into place, so that concurrent processes never see half a set.
+    tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_cmht_sequence(
+        tmp / "drive_synthetic_clear_0" / "drive_synthetic_1", frames=data_cfg.synthetic_frames, seed=0
+    )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if not root.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process got there first
+    return root
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,8 +12,13 @@ from typing import Any
 import jax
 
 from src.config import ConfigError, PretrainConfig
+from src.data import rosbag, synthetic
+from src.data.cmht import dataset
+from src.data.episodes import sources
+from src.envs import recorder
 
 DataFn = Callable[..., Iterator[dict[str, Any]]]
+"""A batch-iterator factory with `build_data`'s signature (tests and the transfer experiment bring their own)."""
 
 
 def _written_by_process_zero(name: str, write: Callable[[], Any]) -> None:
@@ -30,31 +35,25 @@ def _written_by_process_zero(name: str, write: Callable[[], Any]) -> None:
 def build_data(cfg: PretrainConfig, *, batch_size: int, shard_index: int, shard_count: int) -> Iterator[dict]:
     """This process's batch iterator (a Grain DatasetIterator with get_state/set_state) for `cfg.data.source`."""
     if cfg.data.source == "episodes":
-        from src.data import episodes
-
         _written_by_process_zero(
-            "episodes_ready", lambda: episodes.ensure_episodes(cfg.data, cfg.model, seed=cfg.run.seed)
+            "episodes_ready", lambda: recorder.ensure_episodes(cfg.data, cfg.model, seed=cfg.run.seed)
         )
-        return episodes.build_iterator(cfg.data, cfg.model, batch_size=batch_size, seed=cfg.run.seed,
+        return sources.build_iterator(cfg.data, cfg.model, batch_size=batch_size, seed=cfg.run.seed,
                                        shard_index=shard_index, shard_count=shard_count)
-    from src.data import pipeline
-
     if cfg.data.source == "cmht":
-        _written_by_process_zero("cmht_ready", lambda: pipeline.ensure_dataset(cfg.data))
-        source = pipeline.build_cmht_source(cfg.data, cfg.model)
+        _written_by_process_zero("cmht_ready", lambda: synthetic.ensure_dataset(cfg.data))
+        source = dataset.build_cmht_source(cfg.data, cfg.model)
     elif cfg.data.source == "rosbag":
-        from src.data import rosbag
-
         _written_by_process_zero(
             "rosbag_converted", lambda: rosbag.convert_bags(cfg.data.root, on_error=cfg.data.on_error)
         )
         converted = Path(cfg.data.root) / rosbag.CONVERTED
-        source = pipeline.build_cmht_source(dataclasses.replace(cfg.data, root=str(converted)), cfg.model)
+        source = dataset.build_cmht_source(dataclasses.replace(cfg.data, root=str(converted)), cfg.model)
     else:
         raise ConfigError(
             f"data.source={cfg.data.source!r}: the pretrainer reads 'cmht', 'rosbag' and 'episodes' sources"
         )
-    return pipeline.build_pipeline(
+    return dataset.build_pipeline(
         source,
         batch_size=batch_size,
         seed=cfg.run.seed,

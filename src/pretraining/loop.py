@@ -8,7 +8,6 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,8 @@ from src.infra import processes, run_dir, sharding
 from src.infra.checkpoint import Checkpointer, export_encoder
 from src.infra.logging import MetricLogger
 from src.models.raceformer import Raceformer
-from src.pretraining.data import build_data
+from src.pretraining.data import DataFn, build_data
 from src.pretraining.step import Setup, model_inputs, setup
-
-DataFn = Callable[..., Iterator[dict[str, Any]]]
-
-
-DataFn = Callable[..., Iterator[dict[str, Any]]]
 
 
 class NonFiniteLossError(RuntimeError):

@@ -4,7 +4,7 @@ cosine decay, global-norm clipping and weight decay on Dense kernels only, over 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,8 +19,6 @@ from src.infra import sharding
 from src.models.raceformer import Raceformer
 from src.objectives.contrastive import CONTRASTIVE_OBJECTIVES, LatentDecoder, contrastive_loss
 from src.objectives.masked_modeling import masked_modeling_loss
-
-DataFn = Callable[..., Iterator[dict[str, Any]]]
 
 
 def compute_loss(model: Raceformer, batch: dict, key: jax.Array, cfg: PretrainConfig) -> tuple[jax.Array, dict]:

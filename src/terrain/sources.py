@@ -24,7 +24,9 @@ from PIL import Image
 from scipy import ndimage
 
 from src import contract
-from src.data import cmht, sync, transforms
+from src.data import sync, transforms
+from src.data.cmht.index import Sequence
+from src.data.cmht.readers import CMHTFormatError
 from src.data.pcd import read_pcd
 from src.terrain.extract import GroundGeometry, Trajectory
 
@@ -98,7 +100,7 @@ def cmht_geometry(grid: transforms.BevGrid) -> GroundGeometry:
     return GroundGeometry(1.0 / dx, grid.x_range[1] / dx - 0.5, grid.y_range[1] / dy - 0.5)
 
 
-def cmht_poses(seq: cmht.Sequence, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cmht_poses(seq: Sequence, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """SE(2) poses [S, 3] (east, north, heading of motion) and their validity [S] at `times`, from GPS via sync."""
     table = sync.sync_sequence(times, {}, seq.gps_imu())
     return contract.gps_pose(table.gps), table.valid["gps"]
@@ -115,7 +117,7 @@ def fill_gaps(image: np.ndarray, occupied: np.ndarray, cells: int) -> tuple[np.n
 
 
 def cmht_trajectory(
-    seq: cmht.Sequence,
+    seq: Sequence,
     grid: transforms.BevGrid,
     channels: tuple[str, ...] = ("intensity", "height"),
     fill_cells: int = 1,
@@ -125,7 +127,7 @@ def cmht_trajectory(
     if unknown or not channels:
         raise ValueError(f"BEV channels {unknown or channels}: choose from {sorted(BEV_CHANNELS)}")
     if "lidar" not in seq.streams:
-        raise cmht.CMHTFormatError(f"{seq.path}: no lidar stream to draw top-down images from")
+        raise CMHTFormatError(f"{seq.path}: no lidar stream to draw top-down images from")
     stream = seq.streams["lidar"]
     pick = [BEV_CHANNELS[c] for c in channels]
     images = np.zeros((len(stream), grid.height, grid.width, len(pick)), np.uint8)

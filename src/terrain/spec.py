@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-from src.data.episodes import resolve_inside
+from src.data.episodes.schema import resolve_inside
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "data" / "schema" / "terrain_spec.json"
 

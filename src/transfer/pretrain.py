@@ -17,7 +17,8 @@ from src.config import (
     ModelConfig,
     PretrainConfig,
 )
-from src.data import pipeline
+from src.data import synthetic
+from src.data.cmht import dataset
 from src.envs import controllers, jax_racecar
 from src.envs.tracks import Track
 from src.pretraining import loop as pretrain_loop
@@ -88,8 +89,8 @@ def sim_data_fn(cfg: TransferConfig, tracks: list[Track]) -> Callable[..., Itera
 
 def check_cmht_source(data: DataConfig, model: ModelConfig) -> None:
     """A CMHT root without usable samples is an error naming the root (before any training starts)."""
-    pipeline.ensure_dataset(data)
-    source = pipeline.build_cmht_source(data, model)
+    synthetic.ensure_dataset(data)
+    source = dataset.build_cmht_source(data, model)
     if len(source) == 0:
         raise ValueError(f"pretrain.cmht.root={data.root}: no usable samples (no LiDAR sweep survived sync)")
 

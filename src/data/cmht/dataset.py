@@ -1,9 +1,10 @@
-"""CMHT scenes -> Grain: a random-access source over every LiDAR sweep of every sequence, and the batch pipeline.
+"""CMHT scenes -> Grain: a random-access source over every LiDAR sweep of every sequence, and its batches.
 
 A sample is one LiDAR sweep (the master clock) with the other sensors synced to it (`src.data.sync`). The
 source splits into two picklable halves so that the expensive part runs in Grain's worker processes:
 `RecordTable` (index -> `Record`: file names + GPS/IMU vectors + sync validity, cheap) and `DecodeSample`
 (a `grain.transforms.Map`: read/decode files, BEV projection, resize/normalise). `CMHTDataSource[i]` is both at once.
+The shard/shuffle/repeat tail and the iterator are the shared `src.data.loader`.
 
 Batch format (what `build_pipeline` yields), for the modalities configured in `model.modalities`:
     lidar     float32 [B, H, W, 4]  BEV: occupancy, max height, mean intensity, log density
@@ -11,7 +12,7 @@ Batch format (what `build_pipeline` yields), for the modalities configured in `m
     ir        float32 [B, H, W, 1]  infrared, resized, min-max normalised per frame
     radar     float32 [B, H, W, 3]  BEV: occupancy, mean radial velocity, mean RCS, on the LiDAR grid: the
                                     points are moved from the radar's frame with calib/radar/<name>.json
-                                    (radar -> LiDAR, `cmht.radar_to_lidar`; no file = already LiDAR frame)
+                                    (radar -> LiDAR, `readers.radar_to_lidar`; no file = already LiDAR frame)
     gps       float32 [B, 5]        east, north from the first fix, cos/sin heading, speed (scaled; src/contract.py)
     imu       float32 [B, 6]        gyro x, y, z (rad/s), accel x, y, z (m/s^2), as recorded
     valid     {modality: bool [B]}  False = absent for that sample (its array is zeros)
@@ -24,9 +25,6 @@ import bisect
 import collections
 import dataclasses
 import logging
-import os
-import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +33,11 @@ import grain
 import numpy as np
 
 from src import contract
-from src.infra import processes
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig
-from src.data import cmht, sync, transforms
+from src.data import loader, sync, transforms
+from src.data.cmht import index
+from src.data.cmht.readers import CMHTFormatError, GpsImu, Report
+from src.data.pcd import read_pcd
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,13 @@ class Record:
     radar_to_lidar: np.ndarray | None = None  # [4, 4] the sequence's radar extrinsic; None = radar in LiDAR frame
 
 
-def sync_sequence(seq: cmht.Sequence, data_cfg: DataConfig, gps_imu: cmht.GpsImu | None = None) -> sync.SyncTable:
+def sync_table(seq: index.Sequence, data_cfg: DataConfig, gps_imu: GpsImu | None = None) -> sync.SyncTable:
     """The sync table of one sequence (LiDAR is the master clock; GPS/IMU absent = invalid throughout).
 
     `gps_imu`: the sequence's records when the caller has read them already (reading again would re-read every
     record file and report each bad record a second time); None reads them here."""
     if "lidar" not in seq.streams:
-        raise cmht.CMHTFormatError(f"{seq.path}: no lidar stream, which is the master clock of a sample")
+        raise CMHTFormatError(f"{seq.path}: no lidar stream, which is the master clock of a sample")
     others = {s: seq.streams[s].timestamps for s in sync.NEAREST_SENSORS if s in seq.streams}
     if gps_imu is None and "gps_imu" in seq.streams:
         gps_imu = seq.gps_imu()
@@ -144,7 +144,7 @@ class RecordTable:
 class DecodeSample(grain.transforms.Map):
     """Record -> Contract-1 sample. Runs inside Grain (in the worker processes when there are workers).
 
-    A record that cannot be read raises `cmht.CMHTFormatError` naming the file (on_error="raise") or makes that
+    A record that cannot be read raises `CMHTFormatError` naming the file (on_error="raise") or makes that
     modality invalid with zeros (on_error="skip"); skips are counted in `skipped` (per process: with workers,
     the counts live in the worker processes; the `valid` masks in the batches are the global record).
     """
@@ -161,11 +161,11 @@ class DecodeSample(grain.transforms.Map):
         the LiDAR frame with `radar_to_lidar` (the sequence's extrinsic) before they are rasterised."""
         shape = self.shapes[modality]
         if modality == "lidar":
-            return transforms.lidar_bev(cmht.read_pcd(path), self.grids["lidar"])
+            return transforms.lidar_bev(read_pcd(path), self.grids["lidar"])
         if modality == "radar":
             v, r = self.radar_scales
             return transforms.radar_bev(
-                cmht.read_pcd(path), self.grids["radar"], to_lidar=radar_to_lidar, velocity_scale=v, rcs_scale=r
+                read_pcd(path), self.grids["radar"], to_lidar=radar_to_lidar, velocity_scale=v, rcs_scale=r
             )
         if modality == "rgb":
             return transforms.rgb_input(path, shape)
@@ -185,7 +185,7 @@ class DecodeSample(grain.transforms.Map):
                     value = self.read(m, path, record.radar_to_lidar)
                 except (OSError, ValueError, EOFError) as e:
                     if self.on_error == "raise":
-                        raise cmht.CMHTFormatError(f"{path}: cannot read the {m} record: {e}") from e
+                        raise CMHTFormatError(f"{path}: cannot read the {m} record: {e}") from e
                     self.skipped[m] += 1
                     log.warning("skipping %s record %s: %s", m, path, e)
                     ok = False
@@ -206,17 +206,17 @@ class CMHTDataSource:
 
     def __init__(
         self,
-        sequences: Sequence[cmht.Sequence],
+        sequences: Sequence[index.Sequence],
         data_cfg: DataConfig,
         modalities: Mapping[str, ModalityConfig | Sequence[int]],
         bev: BevConfig,
-        report: cmht.Report | None = None,
+        report: Report | None = None,
     ):
         shapes = _shapes(modalities)
         names, files, tables, extrinsics = [], [], [], []
         for seq in sequences:
             try:
-                table = sync_sequence(seq, data_cfg)
+                table = sync_table(seq, data_cfg)
             except (OSError, ValueError) as e:
                 if data_cfg.on_error == "raise":
                     raise
@@ -245,45 +245,11 @@ class CMHTDataSource:
         return self.records.valid_counts()
 
 
-def sweep_frame(seq: cmht.Sequence, sweep: int) -> int:
-    """The frame number (label index space) of a LiDAR sweep: its 8-digit file name, else its position."""
-    stem = Path(seq.streams["lidar"].files[sweep]).stem
-    return int(stem) if stem.isdigit() else sweep
-
-
-def write_bev_png(
-    seq: cmht.Sequence, path: str | Path, bev: BevConfig, *, sweep: int | None = None, size: int = 256
-) -> tuple[Path, int, int]:
-    """Draw one sweep's LiDAR BEV with its label footprints to a PNG: (path, sweep, boxes drawn).
-
-    sweep=None picks the first sweep that has a non-empty label file (the first sweep when none has).
-    """
-    if "lidar" not in seq.streams:
-        raise cmht.CMHTFormatError(f"{seq.path}: no lidar stream to draw")
-    n = len(seq.streams["lidar"].files)
-    boxes = np.zeros((0, 7))
-    if sweep is None:
-        sweep = 0
-        for i in range(n):
-            label = seq.labels.get(sweep_frame(seq, i))
-            if label is not None and len(found := cmht.label_boxes(cmht.read_labels(label))):
-                sweep, boxes = i, found
-                break
-    elif (label := seq.labels.get(sweep_frame(seq, sweep))) is not None:
-        boxes = cmht.label_boxes(cmht.read_labels(label))
-    grid = contract.bev_grid(bev, (size, size, 4))
-    bev = transforms.lidar_bev(cmht.read_pcd(seq.streams["lidar"].files[sweep]), grid)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    transforms.bev_picture(bev, boxes, grid).save(path)
-    return path, sweep, len(boxes)
-
-
 def build_cmht_source(
-    data_cfg: DataConfig, model_cfg: ModelConfig, report: cmht.Report | None = None
+    data_cfg: DataConfig, model_cfg: ModelConfig, report: Report | None = None
 ) -> CMHTDataSource:
     """Index every sequence under `data_cfg.root` and sync it; the samples carry `model_cfg.modalities`."""
-    sequences = cmht.find_sequences(Path(data_cfg.root), on_error=data_cfg.on_error, report=report)
+    sequences = index.find_sequences(Path(data_cfg.root), on_error=data_cfg.on_error, report=report)
     if not sequences:
         raise FileNotFoundError(f"no CMHT sequence under data.root={data_cfg.root}")
     return CMHTDataSource(sequences, data_cfg, model_cfg.modalities, model_cfg.bev, report)
@@ -315,56 +281,16 @@ def build_pipeline(
         import jax
 
         shard_index, shard_count = jax.process_index(), jax.process_count()
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index={shard_index} is not in [0, shard_count={shard_count})")
+    if drop_remainder:
+        loader.check_shard(len(source.records), batch_size, shard_index, shard_count)
     threads = num_threads if num_threads is not None else (1 if num_workers > 0 else 2)
-    ds = grain.MapDataset.source(source.records)[shard_index::shard_count]
-    if len(ds) < batch_size and drop_remainder:
-        raise ValueError(
-            f"shard {shard_index}/{shard_count} has {len(ds)} samples, fewer than batch_size={batch_size}"
-        )
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).map(source.decoder).batch(batch_size, drop_remainder=drop_remainder)
-    it = ds.to_iter_dataset(
-        grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=max(1, prefetch))
+    ds = loader.epochs(
+        grain.MapDataset.source(source.records),
+        seed=seed,
+        shuffle=shuffle,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        num_epochs=num_epochs,
     )
-    if num_workers > 0:
-        it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(1, prefetch)),
-            worker_init_fn=processes.worker_init,  # workers end with their parent
-        )
-    return iter(it)
-
-
-def ensure_dataset(data_cfg: DataConfig) -> Path:
-    """`data_cfg.root`, writing a synthetic CMHT set there first when it is missing and the config allows it."""
-    root = Path(data_cfg.root)
-    if root.exists():
-        return root
-    if not data_cfg.synthesize_if_missing:
-        raise FileNotFoundError(
-            f"data.root={root} does not exist (set data.synthesize_if_missing=true to write a synthetic set there)"
-        )
-    from src.data import synthetic
-
-    print(
-        f"data.root={root} does not exist and data.synthesize_if_missing is set: writing a synthetic CMHT "
-        f"sequence of {data_cfg.synthetic_frames} LiDAR sweeps there (real on-disk format) ...",
-        file=sys.stderr,
-        flush=True,
-    )
-    # Written beside the target and renamed into place, so that concurrent processes never see half a set.
-    tmp = root.parent / f".{root.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    synthetic.write_cmht_sequence(
-        tmp / "drive_synthetic_clear_0" / "drive_synthetic_1", frames=data_cfg.synthetic_frames, seed=0
-    )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(tmp, root)
-    except OSError:
-        if not root.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process got there first
-    return root
+    ds = ds.map(source.decoder).batch(batch_size, drop_remainder=drop_remainder)
+    return iter(loader.to_iter(ds, num_workers, prefetch, threads))

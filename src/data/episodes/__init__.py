@@ -1,0 +1,1 @@
+"""Driving episodes on disk (JSON + PNG frames): `schema` (validation), `sources` (Grain), `writer`."""
