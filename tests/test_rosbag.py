@@ -1,4 +1,4 @@
-"""Raw ROS2 bags (src/data/rosbag.py): a bag written here with rosbags is read back into per-sensor streams."""
+"""Raw ROS2 bags (src/data/rosbag/): a bag written here with rosbags is read back into per-sensor streams."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 from rosbags.rosbag2 import Writer
 
-from src.data import pcd, rosbag
+from src.data import pcd
 from src.data.cmht import index, readers
+from src.data.rosbag import convert as rosbag_convert
+from src.data.rosbag import reader as rosbag_reader
 from src.pretraining import data as pretrain_data
 
-T = rosbag.TYPESTORE.types
+T = rosbag_reader.TYPESTORE.types
 RNG = np.random.default_rng(0)
 CLOUDS = [
     {"x": RNG.normal(size=50).astype(np.float32), "intensity": RNG.uniform(0, 255, 50).astype(np.float32),
@@ -43,7 +45,7 @@ def _cloud(t, fields):
     fields_msg = [pf(name=k, offset=rec.dtype.fields[k][1], datatype={"f": 7, "u": 4}[v.dtype.kind], count=1)
                   for k, v in fields.items()]  # fmt: skip
     step = rec.dtype.itemsize
-    return T[rosbag.POINTCLOUD2](
+    return T[rosbag_reader.POINTCLOUD2](
         header=_header(t), height=1, width=len(rec), fields=fields_msg, is_bigendian=False, point_step=step,
         row_step=step * len(rec), data=np.frombuffer(rec.tobytes(), np.uint8), is_dense=True,
     )  # fmt: skip
@@ -53,7 +55,7 @@ def _image(t, pixels, encoding, step_pad=0):
     h, w = pixels.shape[:2]
     rows = pixels.reshape(h, -1).view(np.uint8)
     data = np.concatenate([rows, np.zeros((h, step_pad), np.uint8)], axis=1)
-    return T[rosbag.IMAGE](
+    return T[rosbag_reader.IMAGE](
         header=_header(t), height=h, width=w, encoding=encoding, is_bigendian=0, step=data.shape[1],
         data=data.reshape(-1),
     )  # fmt: skip
@@ -61,7 +63,7 @@ def _image(t, pixels, encoding, step_pad=0):
 
 def _imu(t, k):
     v3, q = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
-    return T[rosbag.IMU](
+    return T[rosbag_reader.IMU](
         header=_header(t), orientation=q(x=0, y=0, z=0, w=1), orientation_covariance=np.zeros(9),
         angular_velocity=v3(x=0.1 * k, y=0.0, z=-0.2), angular_velocity_covariance=np.zeros(9),
         linear_acceleration=v3(x=0.0, y=0.5, z=9.8), linear_acceleration_covariance=np.zeros(9),
@@ -69,7 +71,7 @@ def _imu(t, k):
 
 
 def _fix(t, lat, lon, status=0):
-    return T[rosbag.NAVSATFIX](
+    return T[rosbag_reader.NAVSATFIX](
         header=_header(t), status=T["sensor_msgs/msg/NavSatStatus"](status=status, service=1), latitude=lat,
         longitude=lon, altitude=80.0, position_covariance=np.zeros(9), position_covariance_type=0,
     )  # fmt: skip
@@ -81,8 +83,8 @@ def _write_bag(path, msgs):
         conns = {}
         for topic, msgtype, t, msg in sorted(msgs, key=lambda m: m[2]):
             if topic not in conns:
-                conns[topic] = writer.add_connection(topic, msgtype, typestore=rosbag.TYPESTORE)
-            writer.write(conns[topic], int(t * 1e9), rosbag.TYPESTORE.serialize_cdr(msg, msgtype))
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=rosbag_reader.TYPESTORE)
+            writer.write(conns[topic], int(t * 1e9), rosbag_reader.TYPESTORE.serialize_cdr(msg, msgtype))
     return path
 
 
@@ -90,39 +92,39 @@ def _write_bag(path, msgs):
 def bag(tmp_path_factory):
     path = tmp_path_factory.mktemp("bags") / "drive"
     msgs = []  # (topic, msgtype, time, message)
-    msgs += [("/velodyne_points", rosbag.POINTCLOUD2, 100.0 + 0.1 * i, _cloud(100.0 + 0.1 * i, c))
+    msgs += [("/velodyne_points", rosbag_reader.POINTCLOUD2, 100.0 + 0.1 * i, _cloud(100.0 + 0.1 * i, c))
              for i, c in enumerate(CLOUDS)]  # fmt: skip
-    msgs += [("/radar/points", rosbag.POINTCLOUD2, 100.05, _cloud(100.05, CLOUDS[0]))]
-    msgs += [("/camera/image_raw", rosbag.IMAGE, 100.0 + i / 15, _image(100.0 + i / 15, p, "rgb8", 3))
+    msgs += [("/radar/points", rosbag_reader.POINTCLOUD2, 100.05, _cloud(100.05, CLOUDS[0]))]
+    msgs += [("/camera/image_raw", rosbag_reader.IMAGE, 100.0 + i / 15, _image(100.0 + i / 15, p, "rgb8", 3))
              for i, p in enumerate(RGB)]  # fmt: skip
     buf = io.BytesIO()
     Image.fromarray(IR[0]).save(buf, format="PNG")
-    compressed = T[rosbag.COMPRESSED](
+    compressed = T[rosbag_reader.COMPRESSED](
         header=_header(100.01), format="png", data=np.frombuffer(buf.getvalue(), np.uint8)
     )
-    msgs += [("/ir/image_raw/compressed", rosbag.COMPRESSED, 100.01, compressed)]
-    msgs += [("/ir/image_raw", rosbag.IMAGE, 100.12, _image(100.12, IR[1], "mono16"))]
-    msgs += [("/imu/data", rosbag.IMU, 100.0 + 0.05 * k, _imu(100.0 + 0.05 * k, k)) for k in range(8)]
-    msgs += [("/gps/fix", rosbag.NAVSATFIX, 100.02, _fix(100.02, *FIXES[0])),
-             ("/gps/fix", rosbag.NAVSATFIX, 100.22, _fix(100.22, *FIXES[1])),
-             ("/gps/fix", rosbag.NAVSATFIX, 100.31, _fix(100.31, 0.0, 0.0, status=-1))]  # fmt: skip
+    msgs += [("/ir/image_raw/compressed", rosbag_reader.COMPRESSED, 100.01, compressed)]
+    msgs += [("/ir/image_raw", rosbag_reader.IMAGE, 100.12, _image(100.12, IR[1], "mono16"))]
+    msgs += [("/imu/data", rosbag_reader.IMU, 100.0 + 0.05 * k, _imu(100.0 + 0.05 * k, k)) for k in range(8)]
+    msgs += [("/gps/fix", rosbag_reader.NAVSATFIX, 100.02, _fix(100.02, *FIXES[0])),
+             ("/gps/fix", rosbag_reader.NAVSATFIX, 100.22, _fix(100.22, *FIXES[1])),
+             ("/gps/fix", rosbag_reader.NAVSATFIX, 100.31, _fix(100.31, 0.0, 0.0, status=-1))]  # fmt: skip
     msgs += [("/diagnostics_blob", "std_msgs/msg/String", 100.0, T["std_msgs/msg/String"](data="x"))]
     return _write_bag(path, msgs)
 
 
 def test_topics_map_by_message_type():
-    conns = {"/a/points": rosbag.POINTCLOUD2, "/radar_front": rosbag.POINTCLOUD2, "/cam": rosbag.IMAGE,
-             "/thermal/img": rosbag.COMPRESSED, "/imu": rosbag.IMU, "/fix": rosbag.NAVSATFIX, "/x": "std_msgs/msg/String"}  # fmt: skip
-    assert rosbag.map_topics(conns) == {"lidar": "/a/points", "radar": "/radar_front", "rgb": "/cam",
+    conns = {"/a/points": rosbag_reader.POINTCLOUD2, "/radar_front": rosbag_reader.POINTCLOUD2, "/cam": rosbag_reader.IMAGE,
+             "/thermal/img": rosbag_reader.COMPRESSED, "/imu": rosbag_reader.IMU, "/fix": rosbag_reader.NAVSATFIX, "/x": "std_msgs/msg/String"}  # fmt: skip
+    assert rosbag_reader.map_topics(conns) == {"lidar": "/a/points", "radar": "/radar_front", "rgb": "/cam",
                                         "ir": "/thermal/img", "imu": "/imu", "gps": "/fix"}  # fmt: skip
-    assert rosbag.map_topics(conns, {"lidar": "/radar_front"})["lidar"] == "/radar_front"
+    assert rosbag_reader.map_topics(conns, {"lidar": "/radar_front"})["lidar"] == "/radar_front"
     with pytest.raises(readers.CMHTFormatError, match="/cam"):
-        rosbag.map_topics(conns, {"lidar": "/cam"})
+        rosbag_reader.map_topics(conns, {"lidar": "/cam"})
 
 
 def test_bag_reads_into_streams(bag):
     report = readers.Report()
-    seq = rosbag.RosbagSequence(bag, {"ir": "/ir/image_raw"}, report=report)
+    seq = rosbag_reader.RosbagSequence(bag, {"ir": "/ir/image_raw"}, report=report)
     assert set(seq.streams) == {"lidar", "radar", "rgb", "ir", "gps_imu"}
     assert any("/diagnostics_blob" in p for p in report.ignored)
     np.testing.assert_allclose(seq.streams["lidar"].timestamps, [100.0, 100.1, 100.2], atol=1e-9)
@@ -134,15 +136,15 @@ def test_bag_reads_into_streams(bag):
             np.testing.assert_array_equal(got[k], cloud[k])
     np.testing.assert_array_equal(seq.read("rgb", 2), RGB[2])  # row padding (step > width * 3) removed
     np.testing.assert_array_equal(seq.read("ir", 0), IR[1])
-    compressed = rosbag.RosbagSequence(bag, report=readers.Report())  # default: the first ir topic by name
+    compressed = rosbag_reader.RosbagSequence(bag, report=readers.Report())  # default: the first ir topic by name
     assert compressed.topics["ir"] == "/ir/image_raw"
-    other = rosbag.RosbagSequence(bag, {"ir": "/ir/image_raw/compressed"})
+    other = rosbag_reader.RosbagSequence(bag, {"ir": "/ir/image_raw/compressed"})
     np.testing.assert_array_equal(other.read("ir", 0), IR[0])
 
 
 def test_bag_gps_imu_holds_fixes(bag):
     report = readers.Report()
-    seq = rosbag.RosbagSequence(bag, on_error="skip", report=report)
+    seq = rosbag_reader.RosbagSequence(bag, on_error="skip", report=report)
     g = seq.gps_imu()
     # IMU at 100.00 .. 100.35 every 0.05 s; fixes at 100.02, 100.22 and a no-fix status at 100.31
     assert g.valid.tolist() == [False, True, True, True, True, True, True, False]
@@ -155,11 +157,11 @@ def test_bag_gps_imu_holds_fixes(bag):
     np.testing.assert_allclose(g.gyro[3], [0.3, 0.0, 0.2])
     np.testing.assert_allclose(g.accel[3], [0, -0.5, -9.8])
     with pytest.raises(readers.CMHTFormatError, match="GPS fix"):
-        rosbag.RosbagSequence(bag).gps_imu()
+        rosbag_reader.RosbagSequence(bag).gps_imu()
 
 
 def test_read_bag_decodes_everything_into_memory(bag):
-    b = rosbag.read_bag(bag, topics={"ir": "/ir/image_raw/compressed"}, on_error="skip", report=readers.Report())
+    b = rosbag_reader.read_bag(bag, topics={"ir": "/ir/image_raw/compressed"}, on_error="skip", report=readers.Report())
     assert b.topics["ir"] == "/ir/image_raw/compressed" and set(b.points) == {"lidar", "radar"}
     for got, cloud in zip(b.points["lidar"], CLOUDS, strict=True):
         for k in cloud:
@@ -177,13 +179,13 @@ def test_read_bag_decodes_everything_into_memory(bag):
 
 def test_bad_topic_override_names_the_bag(bag):
     with pytest.raises(readers.CMHTFormatError, match=f"{bag}.*'/imu/data' for lidar"):
-        rosbag.RosbagSequence(bag, {"lidar": "/imu/data"})
+        rosbag_reader.RosbagSequence(bag, {"lidar": "/imu/data"})
 
 
 def test_unreadable_bag(tmp_path):
     (tmp_path / "nobag").mkdir()
     with pytest.raises(readers.CMHTFormatError, match="nobag"):
-        rosbag.RosbagSequence(tmp_path / "nobag")
+        rosbag_reader.RosbagSequence(tmp_path / "nobag")
 
 
 # --------------------------------------------------------------------------------------------- conversion
@@ -215,20 +217,20 @@ def write_drive_bag(path):
     """A small drive: LiDAR 10 Hz, JPEG camera, mono16 IR, IMU 20 Hz, two GPS fixes (the first before any IMU)."""
     v3, q = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
     msgs = [
-        ("/points_raw", rosbag.POINTCLOUD2, t, _cloud(t, c)) for t, c in zip(CONV_T["lidar"], CONV_CLOUDS)
+        ("/points_raw", rosbag_reader.POINTCLOUD2, t, _cloud(t, c)) for t, c in zip(CONV_T["lidar"], CONV_CLOUDS)
     ]
-    msgs += [("/cam/compressed", rosbag.COMPRESSED, t,
-              T[rosbag.COMPRESSED](header=_header(t), format="jpeg", data=np.frombuffer(_jpeg(i), np.uint8)))
+    msgs += [("/cam/compressed", rosbag_reader.COMPRESSED, t,
+              T[rosbag_reader.COMPRESSED](header=_header(t), format="jpeg", data=np.frombuffer(_jpeg(i), np.uint8)))
              for i, t in enumerate(CONV_T["rgb"])]  # fmt: skip
-    msgs += [("/thermal/image", rosbag.IMAGE, t, _image(t, RNG.integers(0, 65535, (5, 7), dtype=np.uint16), "mono16"))
+    msgs += [("/thermal/image", rosbag_reader.IMAGE, t, _image(t, RNG.integers(0, 65535, (5, 7), dtype=np.uint16), "mono16"))
              for t in CONV_T["ir"]]  # fmt: skip
     for k, t in enumerate(CONV_T["imu"]):
         gyro, acc = _imu_values(k)
-        msgs.append(("/imu", rosbag.IMU, t, T[rosbag.IMU](
+        msgs.append(("/imu", rosbag_reader.IMU, t, T[rosbag_reader.IMU](
             header=_header(t), orientation=q(x=0, y=0, z=0, w=1), orientation_covariance=np.zeros(9),
             angular_velocity=v3(x=gyro[0], y=gyro[1], z=gyro[2]), angular_velocity_covariance=np.zeros(9),
             linear_acceleration=v3(x=acc[0], y=acc[1], z=acc[2]), linear_acceleration_covariance=np.zeros(9))))  # fmt: skip
-    msgs += [("/fix", rosbag.NAVSATFIX, t, _fix(t, *f)) for t, f in zip(CONV_T["gps"], CONV_FIXES)]
+    msgs += [("/fix", rosbag_reader.NAVSATFIX, t, _fix(t, *f)) for t, f in zip(CONV_T["gps"], CONV_FIXES)]
     return _write_bag(path, msgs)
 
 
@@ -240,7 +242,7 @@ def bag_root(tmp_path_factory):
 
 
 def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
-    out = rosbag.convert_bag(bag_root / "drive_1", tmp_path / "seqs" / "drive_1")
+    out = rosbag_convert.convert_bag(bag_root / "drive_1", tmp_path / "seqs" / "drive_1")
     assert sorted(p.name for p in (tmp_path / "seqs").iterdir()) == ["drive_1"]  # the temp folder is gone
     (seq,) = index.find_sequences(tmp_path / "seqs")
     assert seq.path == out and set(seq.streams) == {"lidar", "rgb", "ir", "gps_imu"}
@@ -254,7 +256,7 @@ def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
             assert got[k].dtype == cloud[k].dtype
     assert [p.suffix for p in seq.streams["rgb"].files] == [".jpg"] * 9
     assert seq.streams["rgb"].files[4].read_bytes() == _jpeg(4)  # the published JPEG, not re-encoded
-    src = rosbag.RosbagSequence(bag_root / "drive_1")
+    src = rosbag_reader.RosbagSequence(bag_root / "drive_1")
     np.testing.assert_array_equal(readers.read_image(seq.streams["ir"].files[3]), src.read("ir", 3))
     g = seq.gps_imu()
     assert g.valid.all() and g.fix_changed.tolist() == [True] + [False] * 5 + [True] + [False] * 7
@@ -264,15 +266,15 @@ def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
     np.testing.assert_allclose(g.gyro, want[:, :3], rtol=1e-12)
     np.testing.assert_allclose(g.accel, want[:, 3:], rtol=1e-12)  # G on disk, m/s^2 read back
     with pytest.raises(FileExistsError, match="drive_1"):
-        rosbag.convert_bag(bag_root / "drive_1", out)
+        rosbag_convert.convert_bag(bag_root / "drive_1", out)
 
 
 def test_failed_conversion_leaves_nothing_and_skip_drops_records(bag, tmp_path):
     with pytest.raises(readers.CMHTFormatError, match="GPS fix"):  # IMU records before the first fix
-        rosbag.convert_bag(bag, tmp_path / "out")
+        rosbag_convert.convert_bag(bag, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
     report = readers.Report()
-    seq = index.read_sequence(rosbag.convert_bag(bag, tmp_path / "out", on_error="skip", report=report))
+    seq = index.read_sequence(rosbag_convert.convert_bag(bag, tmp_path / "out", on_error="skip", report=report))
     assert set(seq.streams) == {"lidar", "radar", "rgb", "ir", "gps_imu"} and report.skipped["gps_imu"] == 2
     np.testing.assert_allclose(seq.gps_imu().t, 100.0 + 0.05 * np.arange(1, 7), atol=1e-9)
     np.testing.assert_array_equal(readers.read_image(seq.streams["rgb"].files[2]), RGB[2])  # raw -> lossless PNG
@@ -280,12 +282,12 @@ def test_failed_conversion_leaves_nothing_and_skip_drops_records(bag, tmp_path):
 
 def test_degrees_to_ddmm_round_trips():
     deg = np.array([43.228872, -79.939057, 0.0, 12.99999999999, -0.5])
-    np.testing.assert_allclose(readers.ddmm_to_degrees(rosbag.degrees_to_ddmm(deg)), deg, rtol=0, atol=1e-8)
-    assert rosbag.degrees_to_ddmm(np.array([12.99999999999]))[0] == 1300.0  # a rounded 60' carries over
+    np.testing.assert_allclose(readers.ddmm_to_degrees(readers.degrees_to_ddmm(deg)), deg, rtol=0, atol=1e-8)
+    assert readers.degrees_to_ddmm(np.array([12.99999999999]))[0] == 1300.0  # a rounded 60' carries over
 
 
 def test_convert_cli_maps_topics(bag_root, tmp_path, capsys):
-    rosbag.main(
+    rosbag_convert.main(
         ["convert", str(bag_root / "drive_1"), "--out", str(tmp_path / "d"), "--topic", "rgb=/thermal/image"]
     )
     assert "rgb 6" in capsys.readouterr().out

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from src.config import DataConfig
-from src.data.cmht.readers import radar_to_lidar
+from src.data.cmht.readers import GPS_DATAFORMAT, degrees_to_ddmm, radar_to_lidar, write_timestamps
 from src.data.pcd import write_pcd
 
 T0_MS = 923_331_000  # the real sample's first timestamp: an arbitrary epoch, not Unix time
@@ -76,12 +76,6 @@ IR_CALIB = {
 # radar -> LiDAR pose (SUSTechPOINTS format, `radar_to_lidar`): 2.2 m ahead, 0.3 m left, 1.3 m below the LiDAR
 RADAR_CALIB = {"translation": [2.2, 0.3, -1.3], "coordinatesOffset": [0, 0, 0], "rotation": [0, 0, 0.12]}
 RADAR_TO_LIDAR = radar_to_lidar(RADAR_CALIB["rotation"], RADAR_CALIB["translation"])
-DATAFORMAT = (
-    "latitude (ddmm.mmmm)\nlongitude (ddmm.mmmm)\nangular velocity around x (rad/s)\n"
-    "angular velocity around y (rad/s)\nangular velocity around z (rad/s)\n"
-    "linear acceleration in the x direction (G)\nlinear acceleration in the y direction (G)\n"
-    "linear acceleration in the z direction (G)\n"
-)
 # class: (length, width, height, LiDAR intensity, radar RCS dBsm, IR level)
 CLASSES = {
     "Car": (4.6, 1.9, 1.6, 150.0, 10.0, 7000),
@@ -389,13 +383,6 @@ def enu_to_latlon(east: np.ndarray, north: np.ndarray) -> tuple[np.ndarray, np.n
     )
 
 
-def degrees_to_ddmm(x: float) -> str:
-    """Decimal degrees -> the record's ddmm.mmmm text (rounded to 1e-4 minute, sign of the field kept)."""
-    total = round(abs(x) * 60 * 10_000)  # in 1e-4 minutes, so a rounded 60.0000 minutes carries into degrees
-    deg, minutes = divmod(total, 60 * 10_000)
-    return f"{'-' if x < 0 else ''}{deg * 100 + minutes / 10_000:.4f}"
-
-
 def gps_imu_records(rng: np.random.Generator, t: np.ndarray, heading: float) -> list[str]:
     """The text of each GPS/IMU record at times t (s since the start): held fixes, biased noisy IMU."""
     fixes = np.cumsum(rng.uniform(GPS_HOLD_S - 0.6, GPS_HOLD_S + 0.6, int(t[-1] / (GPS_HOLD_S - 0.6)) + 2))
@@ -409,7 +396,7 @@ def gps_imu_records(rng: np.random.Generator, t: np.ndarray, heading: float) -> 
     gyro = np.array([-0.172, -0.343, 0.0]) + rng.normal(0, 0.005, (n, 3))
     accel = np.array([-0.03, -0.01, -1.0]) + rng.normal(0, 0.01, (n, 3))
     return [
-        f"{degrees_to_ddmm(la)}\n{degrees_to_ddmm(lo)}\n"
+        f"{float(degrees_to_ddmm(la, 4)):.4f}\n{float(degrees_to_ddmm(lo, 4)):.4f}\n"
         + "".join(f"{v!r}\n" for v in g.tolist())
         + "\n".join(f"{v:.6f}" for v in a.tolist())  # the real records end without a newline
         for la, lo, g, a in zip(lat, lon, gyro, accel)
@@ -432,11 +419,6 @@ def label_json(boxes: np.ndarray, ids: np.ndarray, classes: tuple[str, ...]) -> 
         }
         for b, i, cls in zip(boxes, ids, classes)
     ]
-
-
-def _write_stamps(folder: Path, t: np.ndarray) -> None:
-    ms = T0_MS + np.round(t * 1000.0).astype(np.int64)
-    (folder / "timestamp.txt").write_text("".join(f"{v}\n" for v in ms.tolist()))
 
 
 def write_cmht_sequence(
@@ -471,7 +453,7 @@ def write_cmht_sequence(
     for d in [*folders.values(), out / "calib" / "camera", out / "calib" / "radar", out / "label"]:
         d.mkdir(parents=True, exist_ok=True)
     for name, folder in folders.items():
-        _write_stamps(folder, times[name])
+        write_timestamps(folder, T0_MS + np.round(times[name] * 1000.0).astype(np.int64))
     for i, t in enumerate(lidar_t):
         boxes, ids = cast.at(t)
         write_pcd(folders["lidar"] / f"{i:08d}.pcd", lidar_sweep(frame_rng(0, i), boxes, intensity, points))
@@ -494,7 +476,7 @@ def write_cmht_sequence(
     records = gps_imu_records(frame_rng(4, 0), times["gps_imu"] - lidar_t[0], heading)
     for i, text in enumerate(records):
         (folders["gps_imu"] / f"{i:08d}.txt").write_text(text)
-    (out / "Gps_Imu" / "dataformat.txt").write_text(DATAFORMAT)
+    (out / "Gps_Imu" / "dataformat.txt").write_text(GPS_DATAFORMAT)
     for name, calib in (
         ("camera/front", FRONT_CALIB),
         ("camera/ir", IR_CALIB),

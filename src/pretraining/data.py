@@ -12,9 +12,10 @@ from typing import Any
 import jax
 
 from src.config import ConfigError, PretrainConfig
-from src.data import rosbag, synthetic
+from src.data import synthetic
 from src.data.cmht import dataset
 from src.data.episodes import sources
+from src.data.rosbag import convert as rosbag_convert
 from src.envs import recorder
 
 DataFn = Callable[..., Iterator[dict[str, Any]]]
@@ -45,9 +46,9 @@ def build_data(cfg: PretrainConfig, *, batch_size: int, shard_index: int, shard_
         source = dataset.build_cmht_source(cfg.data, cfg.model)
     elif cfg.data.source == "rosbag":
         _written_by_process_zero(
-            "rosbag_converted", lambda: rosbag.convert_bags(cfg.data.root, on_error=cfg.data.on_error)
+            "rosbag_converted", lambda: rosbag_convert.convert_bags(cfg.data.root, on_error=cfg.data.on_error)
         )
-        converted = Path(cfg.data.root) / rosbag.CONVERTED
+        converted = Path(cfg.data.root) / rosbag_convert.CONVERTED
         source = dataset.build_cmht_source(dataclasses.replace(cfg.data, root=str(converted)), cfg.model)
     else:
         raise ConfigError(

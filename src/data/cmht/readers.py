@@ -82,6 +82,24 @@ def ddmm_to_degrees(x: np.ndarray | float) -> np.ndarray:
     return np.sign(x) * (deg + (a - 100.0 * deg) / 60.0)
 
 
+def degrees_to_ddmm(x: np.ndarray | float, decimals: int = 7) -> np.ndarray:
+    """Signed decimal degrees -> ddmm.mmmm values with `decimals` decimals of a minute (the inverse of
+    `ddmm_to_degrees`; a minute that rounds to 60 carries into the degrees)."""
+    x = np.asarray(x, np.float64)
+    scale = 10**decimals
+    deg, minutes = np.divmod(np.round(np.abs(x) * 60 * scale).astype(np.int64), 60 * scale)
+    return np.sign(x) * (deg * 100.0 + minutes / scale)
+
+
+GPS_DATAFORMAT = (
+    "latitude (ddmm.mmmm)\nlongitude (ddmm.mmmm)\nangular velocity around x (rad/s)\n"
+    "angular velocity around y (rad/s)\nangular velocity around z (rad/s)\n"
+    "linear acceleration in the x direction (G)\nlinear acceleration in the y direction (G)\n"
+    "linear acceleration in the z direction (G)\n"
+)
+"""Gps_Imu/dataformat.txt: the 8 lines of a GPS/IMU record, as the real dataset describes them."""
+
+
 def _ecef(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """WGS84 Earth-centred coordinates [..., 3] (m) of points at zero ellipsoidal height."""
     la, lo = np.radians(lat), np.radians(lon)
@@ -156,6 +174,11 @@ def read_timestamps(path: Path) -> np.ndarray:
     if not np.all(np.isfinite(ms)):
         raise CMHTFormatError(f"{path}: a timestamp is not finite")
     return ms / 1000.0
+
+
+def write_timestamps(folder: Path, ms: np.ndarray) -> None:
+    """`folder`/timestamp.txt from integer milliseconds (what `read_timestamps` reads)."""
+    (folder / "timestamp.txt").write_text("".join(f"{v}\n" for v in np.asarray(ms, np.int64).tolist()))
 
 
 def _gps_record(path: Path) -> np.ndarray:

@@ -1,0 +1,3 @@
+from src.data.rosbag.convert import main
+
+main()
