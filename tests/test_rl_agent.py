@@ -106,12 +106,12 @@ def test_mismatched_pretrained_checkpoint_lists_paths_and_shapes(tmp_path):
 def _point_env(num_envs: int) -> rl_envs.TrainingEnv:
     env = point_env()
 
-    def evaluate(learner, state, episodes):
+    def evaluate_policy(learner, state, episodes):
         rec = jax.jit(lambda s, k: evaluate.jax_eval_rollout(learner, env, s, k, episodes, 16))
         return jax.tree.map(np.asarray, rec(state, jax.random.PRNGKey(5)))
 
     return rl_envs.TrainingEnv(
-        1, jnp.zeros(1), lambda learner: train_jax.JaxEngine(learner, env, num_envs), evaluate
+        1, jnp.zeros(1), lambda learner: train_jax.JaxEngine(learner, env, num_envs), evaluate_policy
     )
 
 
