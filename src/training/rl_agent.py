@@ -223,7 +223,7 @@ def racing_env(cfg: RLConfig) -> tuple[ppo.JaxEnv, Any]:
 def terrain_cost_step(cfg: RLConfig, params: Any) -> Callable:
     """`step(key, state, action)` whose reward adds -terrain_cost_weight * the learned cost (`env.terrain_cost_run`)
     of the patch under the car in its own top-down ground image at the step's end (never the true surface)."""
-    from src.training.terrain import ground_cost_fn
+    from src.terrain.cost import ground_cost_fn
 
     if params.terrain is None or not cfg.env.terrain_cost_run:
         raise config.ConfigError("env.terrain_cost_weight needs env.surfaces = true and env.terrain_cost_run")
