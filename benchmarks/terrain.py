@@ -20,10 +20,20 @@ import jax
 import numpy as np
 
 from src import config
-from src.terrain import sim, sources
-from src.terrain.extract import ScanConfig, extract_patches
+from src.terrain import sim, sources, store, training
+from src.terrain.config import TerrainConfig
+from src.terrain.extract import Extraction, GroundGeometry, ScanConfig, Trajectory, extract_patches
 from src.terrain.synthetic import stripe_drive
-from src.training import terrain
+
+
+def timed_extraction(
+    traj: Trajectory, geom: GroundGeometry, scan: ScanConfig, frames: int
+) -> tuple[Extraction, str]:
+    """One timed `extract_patches` run: its patches and "N patches from F frames in T s = R patches/s"."""
+    t = time.perf_counter()
+    ex = extract_patches(traj, geom, scan)
+    dt = time.perf_counter() - t
+    return ex, f"{len(ex.frame)} patches from {frames} frames in {dt:.2f} s = {len(ex.frame) / dt:,.0f} patches/s"
 
 
 def extraction(frames: int, image_hw: tuple[int, int], px_per_m: float, scan: ScanConfig, tmp: Path) -> None:
@@ -31,13 +41,10 @@ def extraction(frames: int, image_hw: tuple[int, int], px_per_m: float, scan: Sc
     folder = sources.write_topdown_episode(tmp / f"ep_{image_hw[0]}", traj, geom)
     traj, geom = sources.read_topdown_episode(folder)
     extract_patches(traj, geom, scan)  # warm caches
-    t = time.perf_counter()
-    ex = extract_patches(traj, geom, scan)
-    dt = time.perf_counter() - t
+    ex, timing = timed_extraction(traj, geom, scan, frames)
     print(
         f"extract {image_hw[0]}x{image_hw[1]} px frames at {px_per_m:g} px/m, {scan.patch_px} px patches, "
-        f"{scan.max_path_m:g} m: {len(ex.frame)} patches from {frames} frames in {dt:.2f} s = "
-        f"{len(ex.frame) / dt:,.0f} patches/s ({ex.dropped} sampled and dropped as not fully in view)"
+        f"{scan.max_path_m:g} m: {timing} ({ex.dropped} sampled and dropped as not fully in view)"
     )
 
 
@@ -52,32 +59,28 @@ def sim_extraction(frames: int, tmp: Path) -> None:
     sim.drive(params, cfg, paths, jax.random.key(0))  # compiled by `record`
     drive = time.perf_counter() - t
     traj, geom = sources.read_topdown_episode(tmp / "sim" / "ep0")
-    scan = ScanConfig(patch_px=12, max_path_m=2.5)
-    t = time.perf_counter()
-    ex = extract_patches(traj, geom, scan)
-    dt = time.perf_counter() - t
+    _, timing = timed_extraction(traj, geom, ScanConfig(patch_px=12, max_path_m=2.5), frames)
     print(
         f"sim: {frames / drive:,.0f} frames/s driven and rendered (140x80x3 ground image every 2 control steps); "
         f"recording 2 episodes of {frames} frames took {rec:.1f} s (compile and PNG writing included); "
-        f"extract {len(ex.frame)} patches of 12 px from {frames} frames in {dt:.2f} s = {len(ex.frame) / dt:,.0f} "
-        "patches/s"
+        f"extract 12 px patches: {timing}"
     )
 
 
-def training(objective: str, steps: int, tmp: Path) -> None:
+def train_steps(objective: str, steps: int, tmp: Path) -> None:
     cfg = config.replace(
-        terrain.TerrainConfig(),
+        TerrainConfig(),
         run={"name": objective, "out_dir": str(tmp / "runs")},
         source={"root": str(tmp / "data"), "synthetic_frames": 200},
         scan={"patch_px": 12, "max_path_m": 2.0},
         represent={"objective": objective, "steps": steps + 5, "batch": 32, "checkpoint_every": 10_000},
     )
-    ps = terrain.extract(cfg)
-    model = terrain.make_encoder(cfg, ps.patches.shape[-1])
-    optimizer = terrain.encoder_optimizer(cfg, model)
+    ps = store.extract(cfg)
+    model = training.make_encoder(cfg, ps.patches.shape[-1])
+    optimizer = training.encoder_optimizer(cfg, model)
     rc = cfg.represent
-    step = terrain.representation_step(rc.objective, rc.margin, rc.vicreg_sim, rc.vicreg_std, rc.vicreg_cov)
-    ds = terrain.represent_source(ps, cfg)
+    step = training.representation_step(rc.objective, rc.margin, rc.vicreg_sim, rc.vicreg_std, rc.vicreg_cov)
+    ds = training.represent_source(ps, cfg)
     for s in range(5):  # compile + warm up
         float(step(model, optimizer, ds[s]))
     batches = [ds[s] for s in range(5, 5 + steps)]
@@ -107,7 +110,7 @@ def main() -> None:
         extraction(args.frames, (64, 32), 20.0, ScanConfig(patch_px=12, max_path_m=2.0), tmp)
         sim_extraction(args.frames, tmp)
         for objective in ("triplet", "vicreg"):
-            training(objective, args.steps, tmp)
+            train_steps(objective, args.steps, tmp)
 
 
 if __name__ == "__main__":

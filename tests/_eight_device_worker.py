@@ -42,25 +42,26 @@ def terrain_losses() -> dict[str, list[float]]:
     batch that does not split over the devices."""
     import numpy as np
 
-    from src.training import terrain
+    from src.terrain import training
+    from src.terrain.config import TerrainConfig
 
     rng = np.random.default_rng(0)
     batch = {k: rng.integers(0, 255, (16, 12, 12, 3), dtype=np.uint8) for k in ("anchor", "positive", "negative")}
     out = {}
     for name, data in (("one", 1), ("eight", 8)):
-        cfg = config.from_dict(terrain.TerrainConfig, {"scan": {"patch_px": 12}, "represent": {"embed_dim": 8},
-                                                       "mesh": {"data": data}})
-        model = terrain.make_encoder(cfg, 3)
-        optimizer = terrain.encoder_optimizer(cfg, model)
-        mesh, place = terrain.data_parallel(cfg, 16, "represent.batch", jax.devices()[:data])
-        step = terrain.representation_step("triplet", 1.0, 25.0, 25.0, 1.0)
-        out[name] = terrain.train_loop(model, optimizer, step, lambda s, place=place: place(batch), 3,
-                                       Path(sys.argv[1]) / f"terrain_{name}", checkpoint_every=100, keep=1,
-                                       log_every=1, resume=False, mesh=mesh)
+        cfg = config.from_dict(TerrainConfig, {"scan": {"patch_px": 12}, "represent": {"embed_dim": 8},
+                                               "mesh": {"data": data}})
+        model = training.make_encoder(cfg, 3)
+        optimizer = training.encoder_optimizer(cfg, model)
+        mesh, place = training.data_parallel(cfg, 16, "represent.batch", jax.devices()[:data])
+        step = training.representation_step("triplet", 1.0, 25.0, 25.0, 1.0)
+        out[name] = training.train_loop(model, optimizer, step, lambda s, place=place: place(batch), 3,
+                                        Path(sys.argv[1]) / f"terrain_{name}", checkpoint_every=100, keep=1,
+                                        log_every=1, resume=False, mesh=mesh)
         out[f"{name}_devices"] = len(place(batch)["anchor"].sharding.device_set)
         out[f"{name}_param_devices"] = len(jax.tree.leaves(nnx.state(model))[0].sharding.device_set)
     try:
-        terrain.data_parallel(cfg, 12, "represent.batch")
+        training.data_parallel(cfg, 12, "represent.batch")
     except config.ConfigError as e:
         out["error"] = str(e)
     return out

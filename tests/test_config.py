@@ -19,7 +19,7 @@ def _schema_for(path: Path) -> type:
     if "[ppo]" in text:
         return config.RLConfig
     if path.name.startswith("terrain_"):
-        from src.training.terrain import TerrainConfig
+        from src.terrain.config import TerrainConfig
 
         return TerrainConfig
     return config.PretrainConfig

@@ -10,9 +10,9 @@ import pytest
 
 from src import config
 from src.infra.run_dir import run_path
-from src.terrain import dataset
+from src.terrain import dataset, evaluation, store, training
+from src.terrain.config import TerrainConfig, spec_path
 from src.terrain.objectives import preference_loss, triplet_margin_loss, vicreg_loss
-from src.training import terrain
 
 
 def test_triplet_margin_loss_matches_hand_computation():
@@ -54,8 +54,8 @@ def test_preference_loss_matches_hand_computation():
     assert float(preference_loss(c1, c2, label)) == pytest.approx((0 + 3 + 0 + 0.4) / 4, abs=1e-6)
 
 
-def _cfg(tmp_path, **represent) -> terrain.TerrainConfig:
-    cfg = terrain.TerrainConfig()
+def _cfg(tmp_path, **represent) -> TerrainConfig:
+    cfg = TerrainConfig()
     return config.replace(
         cfg,
         run={"name": "t", "out_dir": str(tmp_path / "runs"), "seed": 0},
@@ -71,12 +71,12 @@ def _cfg(tmp_path, **represent) -> terrain.TerrainConfig:
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("terrain")
     cfg = _cfg(tmp)
-    ps = terrain.extract(cfg)
-    encoder, rep_losses = terrain.represent(cfg, ps)
-    z = terrain.embed(encoder, ps.patches)
+    ps = store.extract(cfg)
+    encoder, rep_losses = training.represent(cfg, ps)
+    z = training.embed(encoder, ps.patches)
     from src.terrain import spec
 
-    head, cost_losses = terrain.train_cost(cfg, ps, z, spec.load_spec(terrain.spec_path(cfg, "train"), tmp / "data"))
+    head, cost_losses = training.train_cost(cfg, ps, z, spec.load_spec(spec_path(cfg, "train"), tmp / "data"))
     return cfg, ps, encoder, head, rep_losses, cost_losses
 
 
@@ -96,7 +96,7 @@ def test_extract_writes_a_store_that_loads_back(trained):
 def test_tiny_run_separates_textures_and_learns_the_ordering(trained):
     cfg, ps, encoder, head, rep_losses, cost_losses = trained
     assert np.mean(rep_losses[-5:]) < 0.5 * np.mean(rep_losses[:5])
-    result = terrain.evaluate(cfg, ps, encoder, head)
+    result = evaluation.evaluate(cfg, ps, encoder, head)
     assert result["nn_category_accuracy"] >= 0.9  # chance: 1/3
     # two orderings given (smooth < ridged < checker); smooth < checker is only implied
     assert set(result["pairwise_accuracy"]) == {"smooth<ridged", "ridged<checker", "smooth<checker"}
@@ -107,23 +107,23 @@ def test_tiny_run_separates_textures_and_learns_the_ordering(trained):
 def test_vicreg_view_pairs_train(trained, tmp_path):
     cfg, ps, *_ = trained
     cfg = config.replace(cfg, run={"out_dir": str(tmp_path)}, represent={"objective": "vicreg", "steps": 12})
-    _, losses = terrain.represent(cfg, ps)
+    _, losses = training.represent(cfg, ps)
     assert np.isfinite(losses).all() and np.mean(losses[-3:]) < losses[0]
 
 
 def test_checkpoint_resume_gives_the_same_losses(trained, tmp_path):
     cfg, ps, *_ = trained
     full = config.replace(cfg, run={"out_dir": str(tmp_path / "a")}, represent={"steps": 4, "checkpoint_every": 2})
-    _, uninterrupted = terrain.represent(full, ps)
+    _, uninterrupted = training.represent(full, ps)
     part = config.replace(full, run={"out_dir": str(tmp_path / "b")}, represent={"steps": 2})
-    _, first = terrain.represent(part, ps)
-    _, rest = terrain.represent(config.replace(part, represent={"steps": 4}), ps)
+    _, first = training.represent(part, ps)
+    _, rest = training.represent(config.replace(part, represent={"steps": 4}), ps)
     assert len(first) == 2 and len(rest) == 2
     np.testing.assert_allclose(first + rest, uninterrupted, rtol=1e-6)
 
 
 def _vit_cfg(**represent):
-    return config.from_dict(terrain.TerrainConfig, {
+    return config.from_dict(TerrainConfig, {
         "scan": {"patch_px": 12},
         "represent": {"encoder": "vit", "embed_dim": 8, "vit_patch": 4, "vit_dim": 16, "vit_depth": 1,
                       "vit_heads": 2, **represent},
@@ -133,7 +133,7 @@ def _vit_cfg(**represent):
 def test_the_vit_encoder_embeds_patches_and_its_triplet_loss_falls():
     """represent.encoder = "vit": the pretrainer's ModalityViT on 12x12 patches (9 tokens of 4x4 pixels)."""
     cfg = _vit_cfg()
-    model = terrain.make_encoder(cfg, 3)
+    model = training.make_encoder(cfg, 3)
     assert model.vit.num_patches == 9
     rng = np.random.default_rng(0)
     # two "terrains": dark noise and bright noise; anchor/positive from one, negative from the other
@@ -142,12 +142,12 @@ def test_the_vit_encoder_embeds_patches_and_its_triplet_loss_falls():
     batch = {"anchor": np.concatenate([dark(8), bright(8)]), "positive": np.concatenate([dark(8), bright(8)]),
              "negative": np.concatenate([bright(8), dark(8)])}
     assert model(jnp.asarray(batch["anchor"])).shape == (16, 8)
-    step = terrain.representation_step("triplet", 1.0, 25.0, 25.0, 1.0)
-    optimizer = terrain.encoder_optimizer(cfg, model)
+    step = training.representation_step("triplet", 1.0, 25.0, 25.0, 1.0)
+    optimizer = training.encoder_optimizer(cfg, model)
     losses = [float(step(model, optimizer, batch)) for _ in range(20)]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_a_vit_patch_that_does_not_divide_the_patch_is_named():
     with pytest.raises(config.ConfigError, match=r"represent.vit_patch = 5 does not divide scan.patch_px = 12"):
-        terrain.make_encoder(_vit_cfg(vit_patch=5), 3)
+        training.make_encoder(_vit_cfg(vit_patch=5), 3)

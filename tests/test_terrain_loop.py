@@ -12,7 +12,10 @@ from src.envs import surfaces
 from src.infra.checkpoint import Checkpointer
 from src.objectives.contrastive import l2_normalize
 from src.rl import envs as rl_envs
-from src.training import terrain, terrain_loop
+from src.terrain import training
+from src.terrain.config import TerrainConfig
+from src.terrain.cost import ground_cost_fn
+from src.terrain.evaluation import surface_fractions
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,7 @@ def terrain_run(tmp_path_factory):
     """A sim terrain run dir as the `cost` stage leaves it: its config and (untrained) encoder and cost head."""
     tmp = tmp_path_factory.mktemp("loop")
     cfg = config.replace(
-        terrain.TerrainConfig(),
+        TerrainConfig(),
         run={"name": "t", "out_dir": str(tmp / "runs")},
         source={"kind": "sim"},
         sim={"ground_px_per_m": 20.0},
@@ -28,10 +31,10 @@ def terrain_run(tmp_path_factory):
     )
     out = tmp / "runs" / "t"
     config.save(cfg, out / "config_cost.toml")
-    encoder, head = terrain.make_encoder(cfg, 3), terrain.make_cost_head(cfg)
+    encoder, head = training.make_encoder(cfg, 3), training.make_cost_head(cfg)
     for stage, model, optimizer in (
-        ("represent", encoder, terrain.encoder_optimizer(cfg, encoder)),
-        ("cost", head, terrain.cost_optimizer(cfg, head)),
+        ("represent", encoder, training.encoder_optimizer(cfg, encoder)),
+        ("cost", head, training.cost_optimizer(cfg, head)),
     ):
         ckpt = Checkpointer(out / stage / "ckpt", save_every=1, keep=1)
         ckpt.save(1, {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}, meta={"step": 1}, force=True)
@@ -50,7 +53,7 @@ def _rl_cfg(run, weight):
 def test_ground_cost_is_the_cost_of_the_patch_under_the_car(terrain_run):
     cfg, out, encoder, head = terrain_run
     _, params = rl_envs.racing_env(_rl_cfg(out, 0.0))
-    cost_of = terrain.ground_cost_fn(out, params.terrain)
+    cost_of = ground_cost_fn(out, params.terrain)
     pose = jnp.asarray(params.start)
     # the same patch cropped from a larger ground image at the run's scale (6 px centred on the rear axle)
     big = params.terrain.replace(ground_size=(40, 40), ground_px_per_m=20.0, ground_behind_m=19.5 / 20.0,
@@ -91,5 +94,5 @@ def test_surface_fractions_count_each_episode_until_it_ends():
     pose[:, 1, 0] = [3.5, 3.5, 3.5, 3.5]  # episode 1: grass throughout
     done = np.zeros((4, 2), bool)
     done[2, 0] = True
-    frac = terrain_loop.surface_fractions({"pose": pose, "done": done}, t)
+    frac = surface_fractions({"pose": pose, "done": done}, t)
     assert frac == {"asphalt": 2 / 7, "kerb": 1 / 7, "gravel": 0.0, "grass": 4 / 7}

@@ -139,6 +139,11 @@ def _wrap(a: np.ndarray) -> np.ndarray:
     return (a + np.pi) % (2 * np.pi) - np.pi
 
 
+def patch_side_m(scan: ScanConfig, px_per_m: float) -> float:
+    """The patch's side in metres on ground images of `px_per_m`: `scan.patch_m`, or `patch_px` image pixels."""
+    return scan.patch_m if scan.patch_m > 0 else scan.patch_px / px_per_m
+
+
 def patch_offsets(geom: GroundGeometry, scan: ScanConfig) -> tuple[np.ndarray, np.ndarray]:
     """(forward [P, 1], left [1, P]) metres of each patch pixel centre from the patch centre, robot frame at j."""
     p = scan.patch_px

@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 
 from src.envs import jax_racecar, surfaces
 from src.envs.controllers import pure_pursuit
-from src.terrain.extract import GroundGeometry, ScanConfig, Trajectory, patch_offsets
+from src.terrain.extract import GroundGeometry, ScanConfig, Trajectory, patch_offsets, patch_side_m
 from src.terrain.sources import write_topdown_episode
 
 
@@ -228,7 +228,7 @@ def map_patches(
     Tiles are the patch's side apart over the track's bounding box; only tiles centred on the track are kept."""
     terrain = params.terrain
     fwd, left = patch_offsets(geom, scan)
-    side = scan.patch_m if scan.patch_m > 0 else scan.patch_px / geom.px_per_m
+    side = patch_side_m(scan, geom.px_per_m)
     surf = np.asarray(terrain.surface)
     lo = np.asarray(terrain.origin, np.float64)
     hi = lo + np.array(surf.shape[::-1]) * terrain.res

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from src import config
@@ -28,15 +27,7 @@ from src.config import RLConfig
 from src.envs import surfaces
 from src.rl import envs as rl_envs
 from src.rl import evaluate, trainer
-
-
-def surface_fractions(rec: dict[str, np.ndarray], terrain: surfaces.TerrainParams) -> dict[str, float]:
-    """Fraction of evaluation steps (each episode up to its end, all episodes pooled) on each surface."""
-    done = np.asarray(rec["done"], bool)  # [T, E]
-    ended = np.cumsum(done, axis=0) - done > 0  # steps after an episode's end
-    poses = np.asarray(rec["pose"])[~ended]
-    cls = np.asarray(surfaces.surface_at(terrain, jnp.asarray(poses[:, :2], jnp.float32)))
-    return {name: float((cls == k).mean()) for k, name in enumerate(surfaces.NAMES)}
+from src.terrain.evaluation import surface_fractions
 
 
 def run_one(cfg: RLConfig) -> dict[str, Any]:
