@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data import pcd
+from src.data import errors, pcd
 from src.data.cmht import index, inspect, readers
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cmht"
@@ -120,7 +120,7 @@ def test_unknown_files_are_ignored_and_reported(copy):
     shutil.copy(copy / "calib" / "camera" / "front.json", copy / "calib" / "camera" / "front (copy).json")
     (copy / "notes").mkdir()
     (copy / "Gps_Imu" / "data" / "readme.md").write_text("x")
-    report = readers.Report()
+    report = errors.Report()
     (seq,) = index.find_sequences(copy.parent, report=report)
     assert seq.name == "drive_x" and len(seq.streams["gps_imu"]) == 160 and not report.problems
     joined = "\n".join(report.ignored)
@@ -233,15 +233,15 @@ def _pcd_bytes(tmp_path, encoding="binary"):
 def test_bad_pcd_files(tmp_path):
     path, data = _pcd_bytes(tmp_path)
     path.write_bytes(data[:-5])
-    with pytest.raises(readers.CMHTFormatError, match=f"{path}.*truncated"):
+    with pytest.raises(errors.CMHTFormatError, match=f"{path}.*truncated"):
         pcd.read_pcd(path)
     cpath, cdata = _pcd_bytes(tmp_path, "binary_compressed")
     cpath.write_bytes(cdata[:-3])
-    with pytest.raises(readers.CMHTFormatError, match=f"{cpath}.*truncated"):
+    with pytest.raises(errors.CMHTFormatError, match=f"{cpath}.*truncated"):
         pcd.read_pcd(cpath)
     head, _, body = cdata.partition(b"DATA binary_compressed\n")
     cpath.write_bytes(head + b"DATA binary_compressed\n" + body[:8] + b"\xff" * (len(body) - 8))
-    with pytest.raises(readers.CMHTFormatError, match=str(cpath)):
+    with pytest.raises(errors.CMHTFormatError, match=str(cpath)):
         pcd.read_pcd(cpath)
     for header, problem in [
         ("FIELDS x y\nSIZE 4 4\nTYPE F X\nCOUNT 1 1\nPOINTS 1\nDATA binary\n", "unsupported TYPE"),
@@ -254,7 +254,7 @@ def test_bad_pcd_files(tmp_path):
         ("garbage without a header", "DATA line"),
     ]:
         path.write_text(header)
-        with pytest.raises(readers.CMHTFormatError, match=problem) as err:
+        with pytest.raises(errors.CMHTFormatError, match=problem) as err:
             pcd.read_pcd(path)
         assert str(path) in str(err.value)
 
@@ -268,15 +268,15 @@ def test_bad_images(tmp_path):
     junk = tmp_path / "j.png"
     junk.write_bytes(b"not a png")
     for path in (truncated, junk):
-        with pytest.raises(readers.CMHTFormatError, match=str(path)):
+        with pytest.raises(errors.CMHTFormatError, match=str(path)):
             readers.read_image(path)
 
 
 def _expect(copy, problem, kind, check_skip):
-    with pytest.raises(readers.CMHTFormatError, match=problem) as err:
+    with pytest.raises(errors.CMHTFormatError, match=problem) as err:
         index.find_sequences(copy.parent)
     assert str(copy) in str(err.value)
-    report = readers.Report()
+    report = errors.Report()
     (seq,) = index.find_sequences(copy.parent, on_error="skip", report=report)
     assert report.skipped[kind] >= 1 and any(problem in p for p in report.problems)
     check_skip(seq, report)
@@ -312,9 +312,9 @@ def test_nan_in_gps_record(copy):
     lines[3] = "nan"
     bad.write_text("\n".join(lines))
     (seq,) = index.find_sequences(copy.parent)
-    with pytest.raises(readers.CMHTFormatError, match=f"{bad}.*non-finite"):
+    with pytest.raises(errors.CMHTFormatError, match=f"{bad}.*non-finite"):
         seq.gps_imu()
-    report = readers.Report()
+    report = errors.Report()
     (seq,) = index.find_sequences(copy.parent, on_error="skip", report=report)
     g = seq.gps_imu()
     assert np.flatnonzero(~g.valid).tolist() == [5] and report.skipped == {"gps_imu": 1}
@@ -329,10 +329,10 @@ def test_bad_calibration_and_labels(copy):
     _expect(copy, "'extrinsic' needs 16", "calib", lambda seq, r: set(seq.calib) == {"rgb", "radar"})
     label = copy / "label" / "00000090.json"
     label.write_text(json.dumps([{"obj_id": "1", "obj_type": "Car", "psr": {"position": {"x": 1}}}]))
-    with pytest.raises(readers.CMHTFormatError, match=f"{label}.*psr.position"):
+    with pytest.raises(errors.CMHTFormatError, match=f"{label}.*psr.position"):
         readers.read_labels(label)
     label.write_text("{")
-    with pytest.raises(readers.CMHTFormatError, match=str(label)):
+    with pytest.raises(errors.CMHTFormatError, match=str(label)):
         readers.read_labels(label)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from src import contract
 from src.config import DataConfig, ModalityConfig, ModelConfig
-from src.data import pcd, synthetic, transforms
+from src.data import errors, pcd, synthetic, transforms
 from src.data.cmht import dataset, index, readers
 
 absl.flags.FLAGS.mark_as_parsed()  # Grain's spawned workers read absl flags
@@ -218,7 +218,7 @@ def test_corrupt_record_skip_counts_and_raise_names_the_file(root, tmp_path):
     assert src.decoder.skipped == {"lidar": 1, "rgb": 1}
     assert src[4]["valid"]["lidar"]
     strict = dataset.build_cmht_source(DataConfig(root=str(copy), on_error="raise"), MODEL)
-    with pytest.raises(readers.CMHTFormatError, match=str(bad_lidar).replace("\\", "\\\\")):
+    with pytest.raises(errors.CMHTFormatError, match=str(bad_lidar).replace("\\", "\\\\")):
         strict[5]
 
 

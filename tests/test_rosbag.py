@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from rosbags.rosbag2 import Writer
 
-from src.data import pcd
+from src.data import errors, pcd
 from src.data.cmht import index, readers
 from src.data.rosbag import convert as rosbag_convert
 from src.data.rosbag import reader as rosbag_reader
@@ -118,12 +118,12 @@ def test_topics_map_by_message_type():
     assert rosbag_reader.map_topics(conns) == {"lidar": "/a/points", "radar": "/radar_front", "rgb": "/cam",
                                         "ir": "/thermal/img", "imu": "/imu", "gps": "/fix"}  # fmt: skip
     assert rosbag_reader.map_topics(conns, {"lidar": "/radar_front"})["lidar"] == "/radar_front"
-    with pytest.raises(readers.CMHTFormatError, match="/cam"):
+    with pytest.raises(errors.CMHTFormatError, match="/cam"):
         rosbag_reader.map_topics(conns, {"lidar": "/cam"})
 
 
 def test_bag_reads_into_streams(bag):
-    report = readers.Report()
+    report = errors.Report()
     seq = rosbag_reader.RosbagSequence(bag, {"ir": "/ir/image_raw"}, report=report)
     assert set(seq.streams) == {"lidar", "radar", "rgb", "ir", "gps_imu"}
     assert any("/diagnostics_blob" in p for p in report.ignored)
@@ -136,14 +136,14 @@ def test_bag_reads_into_streams(bag):
             np.testing.assert_array_equal(got[k], cloud[k])
     np.testing.assert_array_equal(seq.read("rgb", 2), RGB[2])  # row padding (step > width * 3) removed
     np.testing.assert_array_equal(seq.read("ir", 0), IR[1])
-    compressed = rosbag_reader.RosbagSequence(bag, report=readers.Report())  # default: the first ir topic by name
+    compressed = rosbag_reader.RosbagSequence(bag, report=errors.Report())  # default: the first ir topic by name
     assert compressed.topics["ir"] == "/ir/image_raw"
     other = rosbag_reader.RosbagSequence(bag, {"ir": "/ir/image_raw/compressed"})
     np.testing.assert_array_equal(other.read("ir", 0), IR[0])
 
 
 def test_bag_gps_imu_holds_fixes(bag):
-    report = readers.Report()
+    report = errors.Report()
     seq = rosbag_reader.RosbagSequence(bag, on_error="skip", report=report)
     g = seq.gps_imu()
     # IMU at 100.00 .. 100.35 every 0.05 s; fixes at 100.02, 100.22 and a no-fix status at 100.31
@@ -156,12 +156,12 @@ def test_bag_gps_imu_holds_fixes(bag):
     # REP 103 forward-left-up as published -> the sensor contract's forward-right-down (y, z flipped)
     np.testing.assert_allclose(g.gyro[3], [0.3, 0.0, 0.2])
     np.testing.assert_allclose(g.accel[3], [0, -0.5, -9.8])
-    with pytest.raises(readers.CMHTFormatError, match="GPS fix"):
+    with pytest.raises(errors.CMHTFormatError, match="GPS fix"):
         rosbag_reader.RosbagSequence(bag).gps_imu()
 
 
 def test_read_bag_decodes_everything_into_memory(bag):
-    b = rosbag_reader.read_bag(bag, topics={"ir": "/ir/image_raw/compressed"}, on_error="skip", report=readers.Report())
+    b = rosbag_reader.read_bag(bag, topics={"ir": "/ir/image_raw/compressed"}, on_error="skip", report=errors.Report())
     assert b.topics["ir"] == "/ir/image_raw/compressed" and set(b.points) == {"lidar", "radar"}
     for got, cloud in zip(b.points["lidar"], CLOUDS, strict=True):
         for k in cloud:
@@ -178,13 +178,13 @@ def test_read_bag_decodes_everything_into_memory(bag):
 
 
 def test_bad_topic_override_names_the_bag(bag):
-    with pytest.raises(readers.CMHTFormatError, match=f"{bag}.*'/imu/data' for lidar"):
+    with pytest.raises(errors.CMHTFormatError, match=f"{bag}.*'/imu/data' for lidar"):
         rosbag_reader.RosbagSequence(bag, {"lidar": "/imu/data"})
 
 
 def test_unreadable_bag(tmp_path):
     (tmp_path / "nobag").mkdir()
-    with pytest.raises(readers.CMHTFormatError, match="nobag"):
+    with pytest.raises(errors.CMHTFormatError, match="nobag"):
         rosbag_reader.RosbagSequence(tmp_path / "nobag")
 
 
@@ -270,10 +270,10 @@ def test_convert_bag_indexes_as_a_cmht_sequence(bag_root, tmp_path):
 
 
 def test_failed_conversion_leaves_nothing_and_skip_drops_records(bag, tmp_path):
-    with pytest.raises(readers.CMHTFormatError, match="GPS fix"):  # IMU records before the first fix
+    with pytest.raises(errors.CMHTFormatError, match="GPS fix"):  # IMU records before the first fix
         rosbag_convert.convert_bag(bag, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
-    report = readers.Report()
+    report = errors.Report()
     seq = index.read_sequence(rosbag_convert.convert_bag(bag, tmp_path / "out", on_error="skip", report=report))
     assert set(seq.streams) == {"lidar", "radar", "rgb", "ir", "gps_imu"} and report.skipped["gps_imu"] == 2
     np.testing.assert_allclose(seq.gps_imu().t, 100.0 + 0.05 * np.arange(1, 7), atol=1e-9)

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from src.data import pcd, synthetic, transforms
+from src.data import errors, pcd, synthetic, transforms
 from src.data.cmht import index, inspect, readers
 
 FRAMES = 45  # 4.5 s: more than one held GPS fix
@@ -24,7 +24,7 @@ def seq_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seq(seq_dir):
-    report = readers.Report()
+    report = errors.Report()
     (s,) = index.find_sequences(seq_dir.parent, report=report)
     assert report.as_dict() == {"problems": [], "skipped": {}, "ignored": []}
     return s

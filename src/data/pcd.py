@@ -15,7 +15,7 @@ from pathlib import Path
 import lzf
 import numpy as np
 
-from src.data.cmht.readers import CMHTFormatError
+from src.data.errors import CMHTFormatError
 
 ENCODINGS = ("ascii", "binary", "binary_compressed")
 _NUMPY_TYPES = {

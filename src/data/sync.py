@@ -27,10 +27,32 @@ from typing import Any
 import numpy as np
 
 from src.contract import GPS_LAYOUT, gps_vector
-from src.data.cmht.readers import GpsImu
 
 NEAREST_SENSORS = ("rgb", "ir", "radar")
-GPS_HOLD_S = 1.0  # seconds a GPS fix is held beyond the first/last change point (module docstring)
+GPS_HOLD_S = 1.0  # seconds a GPS fix is held beyond the first/last change point (`cmht.readers.read_gps_imu` documents the conversion)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GpsImu:
+    """The GPS/IMU records of a sequence, converted (`cmht.readers.read_gps_imu` documents the conversion).
+
+    t [N] s; lat, lon [N] decimal degrees; enu [N, 2] east, north m (anchored at the first valid fix);
+    gyro [N, 3] rad/s; accel [N, 3] m/s^2; fix_changed [N]: a new position (the receiver holds the last fix
+    between updates; the first valid record counts as new); valid [N]: the record parsed and is finite.
+    Invalid rows hold zeros.
+    """
+
+    t: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    enu: np.ndarray
+    gyro: np.ndarray
+    accel: np.ndarray
+    fix_changed: np.ndarray
+    valid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -134,7 +156,7 @@ def gps_track(
     hold: float = GPS_HOLD_S,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(east-north [Q, 2], heading [Q], speed [Q], valid [Q]) interpolated between GPS change points; outside
-    them the edge fix is held (speed 0) for at most `hold` seconds (module docstring), never extrapolated."""
+    them the edge fix is held (speed 0) for at most `hold` seconds (`cmht.readers.read_gps_imu` documents the conversion), never extrapolated."""
     t_query = np.asarray(t_query, np.float64)
     t_knots = np.asarray(t_knots, np.float64)
     enu_knots = np.asarray(enu_knots, np.float64).reshape(-1, 2)

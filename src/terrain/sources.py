@@ -26,7 +26,7 @@ from scipy import ndimage
 from src import contract
 from src.data import sync, transforms
 from src.data.cmht.index import Sequence
-from src.data.cmht.readers import CMHTFormatError
+from src.data.errors import CMHTFormatError
 from src.data.pcd import read_pcd
 from src.terrain.extract import GroundGeometry, Trajectory
 

@@ -44,7 +44,7 @@ def extract(cfg: TerrainConfig) -> dataset.PatchSet:
             traj, geom = sources.read_topdown_episode(folder)
         else:
             traj = sources.cmht_trajectory(
-                cmht.read_sequence(folder), grid, cfg.source.channels, cfg.source.fill_cells
+                index.read_sequence(folder), grid, cfg.source.channels, cfg.source.fill_cells
             )
             geom = sources.cmht_geometry(grid)
         extractions.append(extract_patches(traj, geom, cfg.scan))

@@ -36,8 +36,9 @@ from src import contract
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig
 from src.data import loader, sync, transforms
 from src.data.cmht import index
-from src.data.cmht.readers import CMHTFormatError, GpsImu, Report
+from src.data.errors import CMHTFormatError, Report
 from src.data.pcd import read_pcd
+from src.data.sync import GpsImu
 
 log = logging.getLogger(__name__)
 

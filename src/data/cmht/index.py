@@ -18,17 +18,14 @@ import numpy as np
 
 from src.data.cmht.readers import (
     CAMERA_NAMES,
-    CMHTFormatError,
-    GpsImu,
-    OnError,
-    Report,
     SensorStream,
     named_entries,
     read_calib,
     read_gps_imu,
     read_timestamps,
-    report_problem,
 )
+from src.data.errors import CMHTFormatError, OnError, Report, report_problem
+from src.data.sync import GpsImu
 
 SENSORS = ("lidar", "rgb", "ir", "radar", "gps_imu")
 EXTENSIONS = {

@@ -26,7 +26,8 @@ from src.config import BevConfig
 from src.data import transforms
 from src.data.cmht import dataset
 from src.data.cmht.index import Sequence, find_sequences, sweep_frame
-from src.data.cmht.readers import CMHTFormatError, Report, label_boxes, label_classes, read_image, read_labels
+from src.data.cmht.readers import label_boxes, label_classes, read_image, read_labels
+from src.data.errors import CMHTFormatError, Report
 from src.data.pcd import check_pcd, read_pcd
 
 _IMAGE_ENDS = {"JPEG": (b"\xff\xd9",), "PNG": (b"IEND\xaeB`\x82",)}  # end-of-image marker / last chunk

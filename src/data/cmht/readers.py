@@ -19,12 +19,14 @@ import dataclasses
 import json
 import logging
 import math
-from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from src.data.errors import CMHTFormatError, OnError, Report, report_problem
+from src.data.sync import GpsImu
 
 log = logging.getLogger(__name__)
 
@@ -33,44 +35,6 @@ WGS84_A = 6378137.0
 WGS84_E2 = 6.69437999014e-3
 GPS_FIELDS = 8  # lat, lon (ddmm.mmmm), wx, wy, wz (rad/s), ax, ay, az (G)
 CAMERA_NAMES = {"front": "rgb", "rgb": "rgb", "ir": "ir", "infrared": "ir", "thermal": "ir"}
-OnError = Literal["raise", "skip"]
-
-
-class CMHTFormatError(ValueError):
-    """A dataset file that cannot be read as what it claims to be; the message names the file and the problem."""
-
-
-@dataclasses.dataclass
-class Report:
-    """What indexing found wrong (problems), what it dropped (skipped, per kind) and what it ignored."""
-
-    problems: list[str] = dataclasses.field(default_factory=list)
-    skipped: dict[str, int] = dataclasses.field(default_factory=Counter)
-    ignored: list[str] = dataclasses.field(default_factory=list)
-
-    def add(self, problem: str, kind: str | None = None, count: int = 1) -> None:
-        """Record a problem; with `kind`, also count `count` dropped items of that kind."""
-        self.problems.append(problem)
-        if kind is not None:
-            self.skipped[kind] = self.skipped.get(kind, 0) + count
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"problems": list(self.problems), "skipped": dict(self.skipped), "ignored": list(self.ignored)}
-
-
-def report_problem(
-    message: str, on_error: OnError, report: Report | None, kind: str | None, count: int = 1
-) -> None:
-    """Raise (on_error="raise") or record a skip; the single place where that policy is applied."""
-    if on_error == "raise":
-        raise CMHTFormatError(message)
-    if on_error != "skip":
-        raise ValueError(f"on_error={on_error!r}: expected 'raise' or 'skip'")
-    log.warning("%s", message)
-    if report is not None:
-        report.add(message, kind, count)
-
-
 # --------------------------------------------------------------------------------------------- conversions
 
 
@@ -136,29 +100,6 @@ class SensorStream:
 
     def __len__(self) -> int:
         return len(self.files)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class GpsImu:
-    """The GPS/IMU records of a sequence, converted (module docstring).
-
-    t [N] s; lat, lon [N] decimal degrees; enu [N, 2] east, north m (anchored at the first valid fix);
-    gyro [N, 3] rad/s; accel [N, 3] m/s^2; fix_changed [N]: a new position (the receiver holds the last fix
-    between updates; the first valid record counts as new); valid [N]: the record parsed and is finite.
-    Invalid rows hold zeros.
-    """
-
-    t: np.ndarray
-    lat: np.ndarray
-    lon: np.ndarray
-    enu: np.ndarray
-    gyro: np.ndarray
-    accel: np.ndarray
-    fix_changed: np.ndarray
-    valid: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.t)
 
 
 def read_timestamps(path: Path) -> np.ndarray:

@@ -21,7 +21,6 @@ from src.config import DataConfig, ModalityConfig, ModelConfig
 from src.data import loader, transforms
 from src.data.episodes.schema import EpisodeError, Problem, check_episode, find_episode_files, resolve_inside
 
-
 # --------------------------------------------------------------------------------------------- loading
 
 

@@ -23,18 +23,18 @@ from PIL import Image
 from rosbags.rosbag2 import Reader
 
 from src.data.cmht.index import read_sequence
-from src.data.cmht.readers import (
-    GPS_DATAFORMAT,
-    CMHTFormatError,
-    G,
-    OnError,
-    Report,
-    degrees_to_ddmm,
-    report_problem,
-    write_timestamps,
-)
+from src.data.cmht.readers import GPS_DATAFORMAT, G, degrees_to_ddmm, write_timestamps
+from src.data.errors import CMHTFormatError, OnError, Report, report_problem
 from src.data.pcd import write_pcd
-from src.data.rosbag.reader import COMPRESSED, RosbagSequence
+from src.data.rosbag.reader import (
+    COMPRESSED,
+    POINTCLOUD2,
+    TOPIC_SENSORS,
+    TYPESTORE,
+    RosbagSequence,
+    image_pixels,
+    pointcloud2_fields,
+)
 
 _FOLDERS = {"lidar": "lidar", "radar": "radar/points", "rgb": "camera/front", "ir": "camera/ir"}
 _MAGIC = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png"}

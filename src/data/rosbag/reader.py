@@ -26,14 +26,9 @@ from rosbags.rosbag2 import Reader, ReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from src import contract
-from src.data.cmht.readers import (
-    CMHTFormatError,
-    GpsImu,
-    OnError,
-    Report,
-    latlon_to_enu,
-    report_problem,
-)
+from src.data.cmht.readers import latlon_to_enu
+from src.data.errors import CMHTFormatError, OnError, Report, report_problem
+from src.data.sync import GpsImu
 
 POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 IMAGE = "sensor_msgs/msg/Image"
