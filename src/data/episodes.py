@@ -33,7 +33,7 @@ from PIL import Image
 
 from src import contract, processes
 from src.config import DataConfig, ModalityConfig, ModelConfig
-from src.data import transforms
+from src.data import images
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "data" / "schema" / "episode.json"
 EPISODE_FILE = "episode.json"
@@ -309,7 +309,7 @@ class EpisodeFrameSource:
         if path is None:
             return np.zeros(self.image_shape, np.float32), False
         try:
-            return transforms.rgb_input(path, self.image_shape).astype(np.float32), True
+            return images.rgb_input(path, self.image_shape).astype(np.float32), True
         except OSError as e:
             raise ValueError(f"{path}: cannot decode image: {e}") from e
 
@@ -571,7 +571,8 @@ class RecordSpec:
 def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) -> dict[str, jax.Array]:
     """One episode in the JAX simulator, time-major: images [F, V, H, W, 3] uint8 and the ego record."""
     from src.envs import controllers
-    from src.envs import jax_racecar as sim
+    from src.envs.racecar import env as racecar
+    from src.envs.racecar import sensors
 
     yaws = jnp.deg2rad(jnp.array(list(spec.camera_yaws().values()), jnp.float32))
     arm = params.camera_offset - params.lr  # centre of gravity -> camera, along the heading
@@ -582,10 +583,10 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) 
         turned = state.yaw + yaw
         dx = arm * (jnp.cos(state.yaw) - jnp.cos(turned))
         dy = arm * (jnp.sin(state.yaw) - jnp.sin(turned))
-        return sim.camera(params, state.replace(x=state.x + dx, y=state.y + dy, yaw=turned))
+        return sensors.camera(params, state.replace(x=state.x + dx, y=state.y + dy, yaw=turned))
 
     k_reset, k_speed, k_run = jax.random.split(key, 3)
-    obs, state = sim.reset(k_reset, params)
+    obs, state = racecar.reset(k_reset, params)
     target = jax.random.uniform(k_speed, (), minval=spec.speed_range[0], maxval=spec.speed_range[1])
     noise = jnp.asarray(spec.noise, jnp.float32)
 
@@ -612,7 +613,7 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) 
             action = control(obs, keys[2 * i])
             if i == 0:
                 record["action"] = action
-            obs, state, _, terminated, truncated, _ = sim.step(keys[2 * i + 1], state, action, params)
+            obs, state, _, terminated, truncated, _ = racecar.step(keys[2 * i + 1], state, action, params)
             done = done | terminated | truncated
         return (obs, state, done), record
 
@@ -623,7 +624,7 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) 
 def recording_env(spec: RecordSpec) -> tuple[Any, Any]:
     """(env params, policy or None) the recorder drives: with `spec.checkpoint`, the run's restored policy and
     its env settings, so the policy sees the observations it was trained on."""
-    from src.envs import jax_racecar as sim
+    from src.envs.racecar.params import make_params
 
     # no camera: rendered per camera yaw in `_rollout`; 8 rays: the recorder keeps no scan
     settings: dict[str, Any] = {"camera": False, "lidar_rays": 8}
@@ -637,7 +638,7 @@ def recording_env(spec: RecordSpec) -> tuple[Any, Any]:
             raise ValueError(
                 f"{spec.checkpoint}: the run drove track {cfg.env.track or 'default'!r}, not {spec.track!r}"
             )
-    params = sim.make_params(
+    params = make_params(
         spec.track,
         **{**settings, "reset_mode": "random", "pose_noise": 0.0},
         camera_height=spec.size[0],

@@ -36,7 +36,8 @@ import numpy as np
 
 from src import contract, processes
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig
-from src.data import cmht, sync, transforms
+from src.data import cmht, images, sync
+from src.data.bev import bev_picture, lidar_bev, radar_bev
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +161,16 @@ class DecodeSample(grain.transforms.Map):
         the LiDAR frame with `radar_to_lidar` (the sequence's extrinsic) before they are rasterised."""
         shape = self.shapes[modality]
         if modality == "lidar":
-            return transforms.lidar_bev(cmht.read_pcd(path), self.grids["lidar"])
+            return lidar_bev(cmht.read_pcd(path), self.grids["lidar"])
         if modality == "radar":
             v, r = self.radar_scales
-            return transforms.radar_bev(
+            return radar_bev(
                 cmht.read_pcd(path), self.grids["radar"], to_lidar=radar_to_lidar, velocity_scale=v, rcs_scale=r
             )
         if modality == "rgb":
-            return transforms.rgb_input(path, shape)
+            return images.rgb_input(path, shape)
         if modality == "ir":
-            return transforms.ir_input(path, shape)
+            return images.ir_input(path, shape)
         raise AssertionError(modality)
 
     def map(self, record: Record) -> dict[str, Any]:
@@ -271,10 +272,10 @@ def write_bev_png(
     elif (label := seq.labels.get(sweep_frame(seq, sweep))) is not None:
         boxes = cmht.label_boxes(cmht.read_labels(label))
     grid = contract.bev_grid(bev, (size, size, 4))
-    bev = transforms.lidar_bev(cmht.read_pcd(seq.streams["lidar"].files[sweep]), grid)
+    bev = lidar_bev(cmht.read_pcd(seq.streams["lidar"].files[sweep]), grid)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    transforms.bev_picture(bev, boxes, grid).save(path)
+    bev_picture(bev, boxes, grid).save(path)
     return path, sweep, len(boxes)
 
 

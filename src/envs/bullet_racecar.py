@@ -27,7 +27,9 @@ from gymnasium import spaces
 from pybullet_utils import bullet_client
 
 from src import contract
-from src.envs.tracks import Track, check_track, get_track
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.registry import get_track
+from src.envs.tracks.validation import check_track
 
 URDF_PATH = os.path.join(pybullet_data.getDataPath(), "racecar", "racecar_differential.urdf")
 

@@ -60,8 +60,12 @@ from src.config import (
     RunConfig,
     TrainingConfig,
 )
-from src.envs import controllers, jax_racecar, laptime
-from src.envs.tracks import Track, get_track, procedural_track
+from src.envs import controllers, laptime
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import make_params
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.procedural import procedural_track
+from src.envs.tracks.registry import get_track
 from src.training import ppo, rl_agent
 from src.training.checkpoint import ENCODER_PARTS, encoder_sha256
 
@@ -81,7 +85,7 @@ class TransferSection:
     sources: tuple[str, ...] = SOURCES
     seeds: int = 5  # seeds 0 .. seeds-1 (run.seed is added)
     budgets: tuple[float, ...] = (0.25, 0.5, 1.0)  # fractions of ppo.total_env_steps at which to evaluate
-    # "procedural:<seed>" or a track name / map .yaml path (tracks.get_track)
+    # "procedural:<seed>" or a track name / map .yaml path (tracks.registry.get_track)
     train_tracks: tuple[str, ...] = ("procedural:1", "procedural:2", "procedural:3", "procedural:4")
     eval_tracks: tuple[str, ...] = ("procedural:101", "tests/fixtures/tracks/Spielberg/Spielberg.yaml")
     max_speed: float = 10.0  # m/s: the car's top speed; corners bind below it
@@ -221,7 +225,7 @@ def env_params(cfg: TransferConfig, track: Track, reset_mode: str | None = None)
     if "rgb" in cfg.model.modalities:
         h, w = cfg.model.modalities["rgb"].shape[:2]
         settings.update(camera=True, camera_height=h, camera_width=w)
-    return jax_racecar.make_params(
+    return make_params(
         track, **settings, max_speed=cfg.transfer.max_speed, frame_reward=cfg.transfer.frame_reward
     )
 
@@ -246,19 +250,19 @@ def multi_track_env(cfg: TransferConfig, tracks: list[Track]) -> tuple[ppo.JaxEn
         return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
     def reset_batch(keys: jax.Array) -> tuple[Any, Any]:
-        outs = [jax.vmap(lambda key, p=p: jax_racecar.reset(key, p))(cut(keys, i)) for i, p in enumerate(params)]
+        outs = [jax.vmap(lambda key, p=p: racecar.reset(key, p))(cut(keys, i)) for i, p in enumerate(params)]
         return cat([o[0] for o in outs]), cat([o[1] for o in outs])
 
     def step_batch(keys: jax.Array, state: Any, action: jax.Array) -> tuple:
         outs = [
-            jax.vmap(lambda key, s, a, p=p: jax_racecar.step(key, s, a, p))(cut(keys, i), cut(state, i), cut(action, i))
+            jax.vmap(lambda key, s, a, p=p: racecar.step(key, s, a, p))(cut(keys, i), cut(state, i), cut(action, i))
             for i, p in enumerate(params)
         ]
         return tuple(cat([o[j] for o in outs]) for j in range(6))
 
     env = ppo.JaxEnv(
-        reset=lambda key: jax_racecar.reset(key, params[0]),
-        step=lambda key, state, action: jax_racecar.step(key, state, action, params[0]),
+        reset=lambda key: racecar.reset(key, params[0]),
+        step=lambda key, state, action: racecar.step(key, state, action, params[0]),
         obs_fn=obs_fn,
         episode_info=rl_agent.RACING_INFO,
         reset_batch=reset_batch,
@@ -288,8 +292,8 @@ def eval_track(cfg: TransferConfig, spec: str) -> EvalTrack:
     track = load_track(spec)
     params = env_params(cfg, track, reset_mode="grid")
     env = ppo.JaxEnv(
-        reset=lambda key: jax_racecar.reset(key, params),
-        step=lambda key, state, action: jax_racecar.step(key, state, action, params),
+        reset=lambda key: racecar.reset(key, params),
+        step=lambda key, state, action: racecar.step(key, state, action, params),
         obs_fn=rl_agent.contract_obs_fn(rl_config(cfg), params),
         episode_info=rl_agent.RACING_INFO,
     )
@@ -297,7 +301,7 @@ def eval_track(cfg: TransferConfig, spec: str) -> EvalTrack:
     starts = jnp.arange(k, dtype=jnp.float32) / k
 
     def reset(keys: jax.Array) -> tuple[Any, Any]:
-        return jax.vmap(lambda key, p: jax_racecar.reset_at(key, params, p))(keys, starts)
+        return jax.vmap(lambda key, p: racecar.reset_at(key, params, p))(keys, starts)
 
     compiled: dict[int, Callable] = {}
 
@@ -344,7 +348,7 @@ def record_sim_frames(cfg: TransferConfig, tracks: list[Track], seed: int) -> di
 
         def episode(key: jax.Array, params: Any = params) -> Any:
             k_reset, k_speed, k_run = jax.random.split(key, 3)
-            obs, state = jax_racecar.reset(k_reset, params)
+            obs, state = racecar.reset(k_reset, params)
             target = jax.random.uniform(k_speed, (), minval=rec.speed_range[0], maxval=rec.speed_range[1])
 
             def control_step(carry: tuple, k: jax.Array) -> tuple[tuple, None]:
@@ -355,7 +359,7 @@ def record_sim_frames(cfg: TransferConfig, tracks: list[Track], seed: int) -> di
                     max_lateral_accel=rec.max_lateral_accel, max_speed=params.max_speed,
                 )
                 a = jnp.clip(a + jnp.asarray(rec.noise) * jax.random.normal(k_noise, (2,)), -1.0, 1.0)
-                obs, state, *_ = jax_racecar.step(k_step, state, a, params)
+                obs, state, *_ = racecar.step(k_step, state, a, params)
                 return (obs, state), None
 
             def frame(carry: tuple, k: jax.Array) -> tuple[tuple, Any]:
