@@ -25,7 +25,7 @@ from src.envs.racecar.params import EnvParams, make_params
 
 def bullet_sps(steps: int, camera: bool, repeats: int) -> float | None:
     try:
-        from src.envs.bullet_racecar import BulletRaceEnv
+        from src.envs.bullet.env import BulletRaceEnv
     except ImportError as e:
         print(f"  (PyBullet env not available: {e})")
         return None

@@ -8,7 +8,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import src.envs  # noqa: F401  (registers raceformer/BulletRace-v0)
-from src.envs.bullet_racecar import BulletRaceEnv, RacecarSim, SimConfig, lidar_angles
+from src.envs.bullet.env import BulletRaceEnv
+from src.envs.bullet.sim import RacecarSim, SimConfig, lidar_angles
 from src.envs.controllers import pure_pursuit
 from src.envs.racecar import env as racecar
 from src.envs.racecar import sensors

@@ -16,7 +16,7 @@ from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig, RLCon
 from src.data import pipeline
 from src.data.pcd import write_pcd
 from src.envs import observations
-from src.envs.bullet_racecar import RacecarSim, SimConfig
+from src.envs.bullet.sim import RacecarSim, SimConfig
 from src.envs.racecar import env as racecar
 from src.envs.racecar.params import make_params
 from src.envs.tracks.geometry import Track

@@ -9,7 +9,7 @@ import pytest
 from src import contract
 from src.config import BevConfig, ModalityConfig
 from src.data.bev import lidar_bev
-from src.envs.bullet_racecar import BulletRaceEnv
+from src.envs.bullet.env import BulletRaceEnv
 from src.envs.observations import ScanSpec, contract_obs, contract_obs_jax
 from src.envs.racecar import env as racecar
 from src.envs.racecar.params import make_params
