@@ -26,10 +26,9 @@ import numpy as np
 from scipy import ndimage
 
 from src.envs.racecar.params import EnvParams
+from src.envs.surfaces import G
 from src.envs.tracks.geometry import Track
 from src.envs.tracks.registry import bundled_tracks, get_track
-
-GRAVITY = 9.81
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +53,7 @@ class CarLimits:
             max_speed=float(params.max_speed),
             max_accel=float(params.max_accel),
             max_brake=float(params.max_accel),
-            max_lateral=float(params.mu) * GRAVITY,
+            max_lateral=float(params.mu) * G,
         )
 
 

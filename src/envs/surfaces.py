@@ -44,7 +44,7 @@ NAMES = ("asphalt", "kerb", "gravel", "grass")
 ASPHALT, KERB, GRAVEL, GRASS, BARRIER = range(5)
 # PNG palette (and the ground-truth map's colours): one RGB per class id, barrier last
 PALETTE = ((90, 90, 96), (220, 40, 40), (200, 170, 110), (60, 150, 60), (30, 30, 30))
-G = 9.81
+G = 9.81  # m/s^2, the car model's g: tyre loads, friction circle, rolling resistance, the lap-time bound
 
 
 @dataclasses.dataclass(frozen=True)

@@ -80,8 +80,7 @@ def physics_step(params: EnvParams, s: EnvState, motor: jax.Array, steering: jax
     omega_k = vx_k * tan_d / wheelbase
     vy_k = omega_k * p.lr
     # dynamic single track, linear tyres saturated at mu * Fz
-    g = 9.81
-    fz_f, fz_r = p.mass * g * p.lr / wheelbase, p.mass * g * p.lf / wheelbase
+    fz_f, fz_r = p.mass * surfaces.G * p.lr / wheelbase, p.mass * surfaces.G * p.lf / wheelbase
     vx_safe = jnp.maximum(s.vx, 0.1)
     alpha_f = steer - jnp.arctan2(s.vy + p.lf * s.omega, vx_safe)
     alpha_r = -jnp.arctan2(s.vy - p.lr * s.omega, vx_safe)
