@@ -2,7 +2,7 @@
 
     uv run python benchmarks/data_pipeline.py [--root DIR] [--frames 96 --batch-size 16 --batches 20]
 
-1. BEV: a 120,000-point cloud -> 256x256x4 with `transforms.lidar_bev` (median of many runs), against a
+1. BEV: a 120,000-point cloud -> 256x256x4 with `bev.lidar_bev` (median of many runs), against a
    straightforward per-point Python loop timed on a subset and scaled to the full cloud (targets: <= 2 ms, >= 30x).
 2. Pipeline: without --root a synthetic sequence (1280x720 JPEG camera, 640x512 IR, 120k-point LiDAR, radar) is
    written to a temp dir; samples/s with 0 and 2 Grain workers at 224x224 rgb/ir and 256x256 BEV, and the mean
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from src.data.bev import lidar_bev, radar_bev
 
 N_POINTS = 120_000
 SHAPES = {
@@ -76,17 +78,17 @@ def loop_bev(points: dict[str, np.ndarray], grid, n: int) -> np.ndarray:
 def bench_bev() -> None:
     from src import contract
     from src.config import BevConfig
-    from src.data import transforms
+    from src.data import bev
 
     points = ring_cloud(np.random.default_rng(0), N_POINTS)
     grid = contract.bev_grid(BevConfig(), (256, 256, 4))
-    ms = _median_ms(lambda: transforms.lidar_bev(points, grid), 200)
+    ms = _median_ms(lambda: bev.lidar_bev(points, grid), 200)
     subset = 20_000
     start = time.perf_counter()
     loop_bev(points, grid, subset)
     loop_ms = (time.perf_counter() - start) * 1e3 * N_POINTS / subset
     sub = {k: v[:subset] for k, v in points.items()}
-    assert np.allclose(loop_bev(sub, grid, subset), transforms.lidar_bev(sub, grid), atol=1e-5)
+    assert np.allclose(loop_bev(sub, grid, subset), bev.lidar_bev(sub, grid), atol=1e-5)
     print(f"BEV {N_POINTS} points -> 256x256x4: median {ms:.2f} ms (target <= 2 ms)")
     print(
         f"  per-point Python loop: {loop_ms:.0f} ms (timed on {subset} points, scaled x{N_POINTS / subset:.0f}); "
@@ -96,7 +98,7 @@ def bench_bev() -> None:
 
 def stage_breakdown(source, samples: int) -> dict[str, float]:
     """Mean ms per sample of each stage, one sample at a time in this process."""
-    from src.data import pcd, transforms
+    from src.data import images, pcd
 
     dec = source.decoder
     totals: dict[str, float] = {}
@@ -111,18 +113,18 @@ def stage_breakdown(source, samples: int) -> dict[str, float]:
         files = source.records[i].files
         if "lidar" in files:
             pts = timed("lidar read (PCD)", pcd.read_pcd, files["lidar"])
-            timed("lidar BEV", transforms.lidar_bev, pts, dec.grids["lidar"])
+            timed("lidar BEV", lidar_bev, pts, dec.grids["lidar"])
         if "radar" in files:
             pts = timed("radar read (PCD)", pcd.read_pcd, files["radar"])
-            timed("radar BEV", transforms.radar_bev, pts, dec.grids["radar"])
+            timed("radar BEV", radar_bev, pts, dec.grids["radar"])
         if "rgb" in files:
             img = timed(
-                "rgb decode (JPEG draft) + resize", transforms.decode_image, files["rgb"], (224, 224), "RGB"
+                "rgb decode (JPEG draft) + resize", images.decode_image, files["rgb"], (224, 224), "RGB"
             )
-            timed("rgb normalise", transforms.normalize_image, img)
+            timed("rgb normalise", images.normalize_image, img)
         if "ir" in files:
-            img = timed("ir decode + resize", transforms.decode_image, files["ir"], (224, 224), "F")
-            timed("ir normalise", transforms.normalize_minmax, img)
+            img = timed("ir decode + resize", images.decode_image, files["ir"], (224, 224), "F")
+            timed("ir normalise", images.normalize_minmax, img)
     import grain
 
     batch = [source[i % len(source)] for i in range(16)]

@@ -19,12 +19,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from src.envs import jax_racecar as jr
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import EnvParams, make_params
 
 
 def bullet_sps(steps: int, camera: bool, repeats: int) -> float | None:
     try:
-        from src.envs.bullet_racecar import BulletRaceEnv
+        from src.envs.bullet.env import BulletRaceEnv
     except ImportError as e:
         print(f"  (PyBullet env not available: {e})")
         return None
@@ -44,12 +45,12 @@ def bullet_sps(steps: int, camera: bool, repeats: int) -> float | None:
     return float(np.median(rates))
 
 
-def jax_sps(params: jr.EnvParams, num_envs: int, steps: int, repeats: int) -> float:
+def jax_sps(params: EnvParams, num_envs: int, steps: int, repeats: int) -> float:
     devices = jax.devices()
     devices = devices[: max(d for d in range(1, len(devices) + 1) if num_envs % d == 0)]
     mesh = Mesh(np.asarray(devices), ("env",))
     envs = PartitionSpec("env")
-    vstep = jax.vmap(jr.step, in_axes=(0, 0, 0, None))
+    vstep = jax.vmap(racecar.step, in_axes=(0, 0, 0, None))
 
     @jax.jit
     @partial(jax.shard_map, mesh=mesh, in_specs=(envs, envs, envs), out_specs=envs, check_vma=False)
@@ -62,7 +63,7 @@ def jax_sps(params: jr.EnvParams, num_envs: int, steps: int, repeats: int) -> fl
 
     shard = NamedSharding(mesh, envs)
     keys = jax.device_put(jax.random.split(jax.random.key(0), num_envs), shard)
-    _, state = jax.jit(jax.vmap(jr.reset, in_axes=(0, None)))(keys, params)
+    _, state = jax.jit(jax.vmap(racecar.reset, in_axes=(0, None)))(keys, params)
     actions = jax.device_put(
         jax.random.uniform(jax.random.key(1), (num_envs, 2), minval=-0.2, maxval=1.0), shard
     )
@@ -97,7 +98,7 @@ def main() -> None:
             if args.no_bullet
             else bullet_sps(args.bullet_steps // (4 if camera else 1), camera, args.repeats)
         )
-        params = jr.make_params("default", lidar_rays=1080, camera=camera, auto_reset=True)
+        params = make_params("default", lidar_rays=1080, camera=camera, auto_reset=True)
         for n in (int(v) for v in args.envs.split(",")):
             row[f"jax x{n}"] = jax_sps(params, n, args.steps, args.repeats)
         results[label] = row

@@ -16,8 +16,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from src.envs import jax_racecar as jr
-from src.envs.tracks import get_track, load_map
+from src.envs.racecar.params import make_params
+from src.envs.tracks.maps import load_map
+from src.envs.tracks.registry import get_track
 
 DEFAULT_MAP = (
     Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tracks" / "Spielberg" / "Spielberg.yaml"
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     load_s, track = median_seconds(lambda: get_track(args.map), args.repeats)
-    build_s, params = median_seconds(lambda: jax.block_until_ready(jr.make_params(track)), args.repeats)
+    build_s, params = median_seconds(lambda: jax.block_until_ready(make_params(track)), args.repeats)
     extract_s, extracted = median_seconds(lambda: load_map(args.map), args.repeats)
     h, w = params.dist.shape
     print(f"map {Path(args.map).name}: {track.length:.1f} m, {len(params.walls)} wall segments, grid {h}x{w}")

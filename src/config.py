@@ -127,7 +127,7 @@ class DataConfig:
     sync_gps_max_gap: float = 10.0
     sync_imu_max_gap: float = 1.0
     sync_gps_max_speed: float = 80.0
-    # radar BEV values (src/data/transforms.py) map to ~[0, 1]; the grid itself is [model.bev]
+    # radar BEV values (src/data/bev.py) map to ~[0, 1]; the grid itself is [model.bev]
     radar_velocity_scale: float = 20.0
     radar_rcs_scale: float = 20.0
     # source = "episodes": cameras to load (views for the multi-view objectives), the one that feeds `rgb`

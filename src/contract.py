@@ -91,8 +91,9 @@ class BevGrid:
             (self.y_range[1] - self.y_range[0]) / self.width,
         )
 
-    def cell_index(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """Flat cell index r * W + c (int32) per point; H * W (one past the end) for dropped points.
+    def cell_index(self, x: Any, y: Any, z: Any, xp: Any = np) -> Any:
+        """Flat cell index r * W + c (int32) per point; H * W (one past the end) for dropped points. NumPy
+        (`xp=np`) or jnp, in float32 either way, so both give the same cells.
 
         Using an overflow bin instead of boolean compaction keeps every later pass a single contiguous sweep.
         """
@@ -100,23 +101,15 @@ class BevGrid:
         dx, dy = self.cell_size
         # r + 1 = (x_max + dx - x) / dx: in-range points land in [1, H + 1) so truncation acts as floor for them,
         # and everything at or beyond the edges (negative values truncate towards 0) falls outside [1, H].
-        r = np.multiply(x, np.float32(-1.0 / dx), dtype=np.float32)
-        r += np.float32((self.x_range[1] + dx) / dx)
-        c = np.multiply(y, np.float32(-1.0 / dy), dtype=np.float32)
-        c += np.float32((self.y_range[1] + dy) / dy)
+        r = xp.asarray(x, xp.float32) * xp.float32(-1.0 / dx) + xp.float32((self.x_range[1] + dx) / dx)
+        c = xp.asarray(y, xp.float32) * xp.float32(-1.0 / dy) + xp.float32((self.y_range[1] + dy) / dy)
         with np.errstate(invalid="ignore"):  # NaN points (no return) cast to INT_MIN and are dropped
-            ri = r.astype(np.int32)
-            ci = c.astype(np.int32)
-        ri -= 1
-        ci -= 1
-        zf = np.asarray(z, np.float32)
-        keep = ri.view(np.uint32) < h
-        keep &= ci.view(np.uint32) < w
-        keep &= zf >= np.float32(self.z_range[0])
-        keep &= zf < np.float32(self.z_range[1])
-        ri *= w
-        ri += ci
-        return np.where(keep, ri, np.int32(h * w))
+            ri = r.astype(xp.int32) - 1
+            ci = c.astype(xp.int32) - 1
+        zf = xp.asarray(z, xp.float32)
+        keep = (ri.view(xp.uint32) < h) & (ci.view(xp.uint32) < w)  # 0 <= ri < h, 0 <= ci < w
+        keep = keep & (zf >= xp.float32(self.z_range[0])) & (zf < xp.float32(self.z_range[1]))
+        return xp.where(keep, ri * w + ci, np.int32(h * w))
 
     def cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
         """Metric (x [H, 1], y [1, W]) of every cell centre, broadcastable to [H, W]."""

@@ -8,10 +8,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import src.envs  # noqa: F401  (registers raceformer/BulletRace-v0)
-from src.envs import jax_racecar
-from src.envs.bullet_racecar import BulletRaceEnv, RacecarSim, SimConfig, lidar_angles
+from src.envs.bullet.env import BulletRaceEnv
+from src.envs.bullet.sim import RacecarSim, SimConfig, lidar_angles
 from src.envs.controllers import pure_pursuit
-from src.envs.tracks import Track, bundled_tracks, get_track
+from src.envs.racecar import env as racecar
+from src.envs.racecar import sensors
+from src.envs.racecar.params import make_params
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.registry import bundled_tracks, get_track
 
 HALF = 4.0  # the square room spans [-HALF, HALF]^2
 ROOM = np.array(
@@ -234,9 +238,9 @@ def test_env_validates_its_track():
 
 def test_lidar_agrees_with_jax_env():
     track = get_track("default")
-    params = jax_racecar.make_params(track, lidar_accuracy=0.0, pose_noise=0.0)
-    _, state = jax_racecar.reset(jax.random.key(0), params)
-    jax_lidar = jax.jit(lambda s: jax_racecar.lidar(params, s))
+    params = make_params(track, lidar_accuracy=0.0, pose_noise=0.0)
+    _, state = racecar.reset(jax.random.key(0), params)
+    jax_lidar = jax.jit(lambda s: sensors.lidar(params, s))
     sim = RacecarSim(track.walls(), SimConfig(lidar_accuracy=0.0))
     rng = np.random.default_rng(0)
     errors = []

@@ -15,10 +15,12 @@ from src import config, contract
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig, RLConfig
 from src.data.cmht import dataset
 from src.data.pcd import write_pcd
-from src.envs import gym_wrapper
-from src.envs import jax_racecar as sim
-from src.envs.bullet_racecar import RacecarSim, SimConfig
-from src.envs.tracks import Track, get_track
+from src.envs import observations
+from src.envs.bullet.sim import RacecarSim, SimConfig
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import make_params
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.registry import get_track
 from src.infra import run_dir
 from src.infra.checkpoint import Checkpointer, check_encoder_fits, check_encoder_record, export_encoder
 from src.models.actor_critic import RaceformerAgent
@@ -36,14 +38,14 @@ RAYS = 360
 @pytest.fixture(scope="module")
 def scene():
     """The JAX env at the start line of the default track, noise-free: its observation and params."""
-    params = sim.make_params("default", lidar_rays=RAYS, lidar_accuracy=0.0, pose_noise=0.0)
-    obs, state = jax.jit(lambda k: sim.reset(k, params))(jax.random.key(0))
+    params = make_params("default", lidar_rays=RAYS, lidar_accuracy=0.0, pose_noise=0.0)
+    obs, state = jax.jit(lambda k: racecar.reset(k, params))(jax.random.key(0))
     return jax.tree.map(np.asarray, obs), state, params
 
 
 def _sim_bev(obs: dict, params, bev: BevConfig, shape=LIDAR) -> np.ndarray:
-    spec = gym_wrapper.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
-    sample, _ = gym_wrapper.contract_obs_jax(obs, {"lidar": shape}, bev, spec)
+    spec = observations.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
+    sample, _ = observations.contract_obs_jax(obs, {"lidar": shape}, bev, spec)
     return np.asarray(sample["lidar"])
 
 
@@ -123,14 +125,14 @@ def test_jax_env_imu_in_a_steady_circle():
     in the contract's forward-right-down frame), 1 g on z with CMHT's sign, a counter-clockwise yaw rate -z."""
     a = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     ring = Track("ring", np.stack([12 * np.cos(a), 12 * np.sin(a)], 1), np.full(64, 5.0), np.full(64, 5.0))
-    params = sim.make_params(ring, lidar_rays=8, pose_noise=0.0, time_limit=100.0, grid_resolution=0.1)
+    params = make_params(ring, lidar_rays=8, pose_noise=0.0, time_limit=100.0, grid_resolution=0.1)
 
     @jax.jit
     def drive(key):
-        obs, state = sim.reset(key, params)
+        obs, state = racecar.reset(key, params)
 
         def body(carry, k):
-            obs, state, *_ = sim.step(k, carry[1], jnp.array([0.5, 0.5]), params)
+            obs, state, *_ = racecar.step(k, carry[1], jnp.array([0.5, 0.5]), params)
             return (obs, state), (state.x, state.y, jnp.hypot(state.vx, state.vy), state.omega, obs["imu"])
 
         return jax.lax.scan(body, (obs, state), jax.random.split(key, 250))[1]
@@ -142,7 +144,7 @@ def test_jax_env_imu_in_a_steady_circle():
     assert imu[:, 5].mean() == pytest.approx(-contract.GRAVITY, rel=1e-4)
     np.testing.assert_allclose(imu[:, 2], -omega, rtol=1e-6)
     assert np.abs(imu[:, 3]).mean() < 0.05 * v**2 / r  # no longitudinal acceleration at constant speed
-    obs0, _ = sim.reset(jax.random.key(1), params)
+    obs0, _ = racecar.reset(jax.random.key(1), params)
     np.testing.assert_allclose(obs0["imu"], [0, 0, 0, 0, 0, -contract.GRAVITY], atol=1e-6)  # at rest
 
 
@@ -242,8 +244,8 @@ def test_imported_encoder_receives_its_pretraining_inputs(scene, encoder, tmp_pa
     pretrain_lidar = dataset.DecodeSample({"lidar": LIDAR}, DataConfig(), BEV).read("lidar", str(path))
 
     cfg = _finetune_cfg(tmp_path, a)
-    spec = gym_wrapper.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
-    sample, valid = gym_wrapper.contract_obs(obs, cfg.model.modalities, cfg.model.bev, spec)
+    spec = observations.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
+    sample, valid = observations.contract_obs(obs, cfg.model.modalities, cfg.model.bev, spec)
     sample.pop("timestamp")
     agent_obs = {**sample, "valid": valid}
     env = rl_envs.TrainingEnv(2, agent_obs, None, None)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from src.config import ModalityConfig
-from src.data import loader, transforms
+from src.data import images, loader
 from src.data.episodes import schema, sources
 from src.envs import recorder
 from src.pretraining import data as pretrain_data
@@ -129,14 +129,14 @@ def test_frame_source_images_masks_and_ego(dataset):
     assert (int(s["episode"]), int(s["frame"])) == (1, 2)
     assert not s["image_valid_by_cam"]["front"] and s["image_valid_by_cam"]["left"]
     assert np.all(s["images_by_cam"]["front"] == 0) and not s["valid"]["rgb"] and np.all(s["rgb"] == 0)
-    expected_left = transforms.normalize_image(_colour(1, "left", 2))
+    expected_left = images.normalize_image(_colour(1, "left", 2))
     np.testing.assert_allclose(s["images_by_cam"]["left"], expected_left, atol=1e-6)
     # relative to the episode's first pose (0, 2): (2, 0) / 100 m; cos, sin of yaw 0.2; |(3, 4)| / 10 m/s
     np.testing.assert_allclose(s["gps"], [0.02, 0.0, np.cos(0.2), np.sin(0.2), 0.5], atol=1e-6)
     np.testing.assert_allclose(s["imu"], [0, 0, -0.5, 1.0, -1.0, 0.0])  # FRD: a left (CCW) yaw rate is -z
     assert s["valid"]["imu"] and not src[5 + 1]["valid"]["imu"]  # odd frames have no acceleration
     s0 = src[0]
-    np.testing.assert_allclose(s0["rgb"], transforms.normalize_image(_colour(0, "front", 0)), atol=1e-6)
+    np.testing.assert_allclose(s0["rgb"], images.normalize_image(_colour(0, "front", 0)), atol=1e-6)
 
 
 def test_temporal_pairs_never_cross_episodes(dataset):
@@ -241,7 +241,8 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
 
     from src import config
     from src.config import RLConfig
-    from src.envs import jax_racecar as sim
+    from src.envs.racecar import env as racecar
+    from src.envs.racecar.params import make_params
     from src.training import record_episodes
     from tests.test_rl_agent import TINY_MODEL
 
@@ -266,11 +267,11 @@ def test_recorder_drives_with_a_ppo_checkpoint(tmp_path):
     (ep,) = sources.load_episodes(tmp_path / "rec")[0]
     # The recorder's first observation, rebuilt from its seed in the run's env (its pose is the recorded one),
     # and the trained (not restored) policy's mean for it.
-    params = sim.make_params(
+    params = make_params(
         "default", **{**rl_envs.env_settings(cfg), "reset_mode": "random", "pose_noise": 0.0}
     )
     k_reset = jax.random.split(jax.random.split(jax.random.key(spec.seed), 1)[0], 3)[0]
-    obs, _ = jax.jit(lambda k: sim.reset(k, params))(k_reset)
+    obs, _ = jax.jit(lambda k: racecar.reset(k, params))(k_reset)
     np.testing.assert_allclose(ep.pose[0], np.asarray(obs["pose"])[[0, 1, 5]], atol=1e-5)
     contract = jax.jit(jax.vmap(rl_envs.contract_obs_fn(cfg, params)))(jax.tree.map(lambda x: x[None], obs))
     expected = np.asarray(jax.jit(result.learner.act_deterministic)(result.state, contract))[0]

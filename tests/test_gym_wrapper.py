@@ -8,17 +8,15 @@ import pytest
 
 from src import contract
 from src.config import BevConfig, ModalityConfig
-from src.data.transforms import lidar_bev
-from src.envs import jax_racecar
-from src.envs.bullet_racecar import BulletRaceEnv
-from src.envs.gym_wrapper import (
+from src.data.bev import lidar_bev
+from src.envs.bullet.env import BulletRaceEnv
+from src.envs.observations import ScanSpec, contract_obs, contract_obs_jax
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import make_params
+from src.envs.wrappers import (
     ContractObsVectorWrapper,
     ContractObsWrapper,
-    ScanSpec,
-    contract_obs,
-    contract_obs_jax,
     flatten_action,
-    lidar_bev_jax,
     make_host_step,
     unflatten_action,
 )
@@ -113,7 +111,7 @@ def test_actions_flatten_and_back():
 
 @pytest.fixture(scope="module")
 def bev_jit():
-    return jax.jit(lambda pts, mask: lidar_bev_jax(pts, mask, GRID))
+    return jax.jit(lambda pts, mask: lidar_bev(pts, GRID, keep=mask, xp=jnp))
 
 
 def test_jax_bev_equals_numpy_on_points(bev_jit):
@@ -144,8 +142,8 @@ def test_contract_obs_jax_equals_numpy():
 
 
 def test_contract_obs_jax_on_jax_env_obs():
-    params = jax_racecar.make_params("default", lidar_rays=1080)
-    obs, _ = jax.jit(lambda k: jax_racecar.reset(k, params))(jax.random.key(0))
+    params = make_params("default", lidar_rays=1080)
+    obs, _ = jax.jit(lambda k: racecar.reset(k, params))(jax.random.key(0))
     mods = {"lidar": MODALITIES["lidar"], "gps": (5,)}
     got, _ = contract_obs_jax(obs, mods, BEV)
     want, _ = contract_obs(jax.tree.map(np.asarray, obs), mods, BEV, SPEC)

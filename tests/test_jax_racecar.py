@@ -7,10 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from src.envs import jax_racecar as jr
-from src.envs import tracks
 from src.envs.controllers import pure_pursuit
-from src.envs.tracks import Track, get_track, read_waypoints
+from src.envs.racecar import dynamics, raycast, sensors
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import make_params
+from src.envs.tracks.geometry import Track, inside_loop, point_segment_distance
+from src.envs.tracks.maps import read_waypoints
+from src.envs.tracks.registry import get_track
 
 SMALL = {"lidar_rays": 16}
 SPIELBERG = Path(__file__).parent / "fixtures" / "tracks" / "Spielberg"  # a real F1TENTH map, ATTRIBUTION.md
@@ -18,12 +21,12 @@ SPIELBERG = Path(__file__).parent / "fixtures" / "tracks" / "Spielberg"  # a rea
 
 @pytest.fixture(scope="module")
 def params():
-    return jr.make_params("default", reset_mode="random", **SMALL)
+    return make_params("default", reset_mode="random", **SMALL)
 
 
 @pytest.fixture(scope="module")
 def jitted():
-    return jax.jit(jr.reset), jax.jit(jr.step)
+    return jax.jit(racecar.reset), jax.jit(racecar.step)
 
 
 def _rollout(params, jitted, key, actions):
@@ -51,8 +54,8 @@ def test_vmap_over_64_envs_equals_single_runs(params, jitted):
     keys = jax.random.split(jax.random.key(3), 64)
     actions = jax.random.uniform(jax.random.key(4), (64, 2), minval=-1, maxval=1)
     p = params
-    vobs, vs = jax.vmap(jr.reset, in_axes=(0, None))(keys, p)
-    vobs, vs, vr, *_ = jax.jit(jax.vmap(jr.step, in_axes=(0, 0, 0, None)))(keys, vs, actions, p)
+    vobs, vs = jax.vmap(racecar.reset, in_axes=(0, None))(keys, p)
+    vobs, vs, vr, *_ = jax.jit(jax.vmap(racecar.step, in_axes=(0, 0, 0, None)))(keys, vs, actions, p)
     assert len(np.unique(np.asarray(vs.x))) > 32  # random starts really differ
     for i in range(64):
         obs, s = reset(keys[i], p)
@@ -73,12 +76,12 @@ def test_driving_into_a_wall_collides_and_stops(params, jitted):
             hit_at = i
             break
     assert hit_at is not None and hit_at < 20
-    assert float(jr.distance(params, jnp.stack([s.x, s.y]))) > 0.0  # never driven through the wall
+    assert float(dynamics.distance(params, jnp.stack([s.x, s.y]))) > 0.0  # never driven through the wall
     # terminate_on_collision ends the episode on the same contact
-    p2 = jr.make_params(
+    p2 = make_params(
         "default", terminate_on_collision=True, collision_reward=-5.0, reset_mode="random", **SMALL
     )
-    step2 = jax.jit(jr.step)
+    step2 = jax.jit(racecar.step)
     for i in range(5):
         _, s, r, term, _, info = step2(jax.random.key(i), s, jnp.array([1.0, 0.0]), p2)
         if bool(term):
@@ -95,12 +98,12 @@ def _drive(params, steps, reverse=False):
             [state.x - params.lr * jnp.cos(state.yaw), state.y - params.lr * jnp.sin(state.yaw), state.yaw]
         )
         a = pure_pursuit(pose, state.vx, centre)
-        _, state, r, term, trunc, info = jr.step(key, state, a, params)
+        _, state, r, term, trunc, info = racecar.step(key, state, a, params)
         return state, (info["lap"], info["total_progress"], info["wall_collision"], term, info["wrong_way"])
 
     @jax.jit
     def run(key):
-        _, s = jr.reset(key, params)
+        _, s = racecar.reset(key, params)
         if reverse:
             s = s.replace(yaw=s.yaw + jnp.pi)
         return jax.lax.scan(body, s, jax.random.split(key, steps))[1]
@@ -110,7 +113,7 @@ def _drive(params, steps, reverse=False):
 
 @pytest.mark.parametrize("name", ["default", "wide_loop", "twisty"])
 def test_pure_pursuit_completes_one_lap(name):
-    params = jr.make_params(name, lidar_rays=4, pose_noise=0.0)
+    params = make_params(name, lidar_rays=4, pose_noise=0.0)
     lap, total, hit, term, _ = _drive(params, 900)
     assert term.any(), f"no lap within 900 steps on {name}: progress {total.max():.3f}"
     end = int(np.argmax(term))
@@ -121,7 +124,7 @@ def test_pure_pursuit_completes_one_lap(name):
 
 
 def test_reversed_lap_does_not_count():
-    params = jr.make_params("default", lidar_rays=4, pose_noise=0.0)
+    params = make_params("default", lidar_rays=4, pose_noise=0.0)
     lap, total, hit, term, wrong = _drive(params, 900, reverse=True)
     assert not term.any() and lap.max() == 1
     assert total.min() < -0.95  # a whole loop driven the wrong way
@@ -135,14 +138,14 @@ def spielberg_track():
 
 @pytest.fixture(scope="module")
 def spielberg(spielberg_track):
-    return jr.make_params(spielberg_track, lidar_rays=4, pose_noise=0.0, time_limit=400.0)
+    return make_params(spielberg_track, lidar_rays=4, pose_noise=0.0, time_limit=400.0)
 
 
 def test_make_params_validates_the_track():
     # Before: walls offset from this CSV fold over at a 0.59 m turn and the env was built from them silently.
     centre, w_right, w_left = read_waypoints(SPIELBERG / "Spielberg_centerline.csv")
     with pytest.raises(ValueError, match=r"'spielberg_csv'.*fold over"):
-        jr.make_params(Track("spielberg_csv", centre, w_left, w_right))
+        make_params(Track("spielberg_csv", centre, w_left, w_right))
 
 
 def test_distance_grid_is_exact_near_the_walls(spielberg, spielberg_track):
@@ -152,13 +155,13 @@ def test_distance_grid_is_exact_near_the_walls(spielberg, spielberg_track):
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, dist.shape[0], 1500), rng.integers(0, dist.shape[1], 1500)
     pts = np.asarray(spielberg.grid_origin, np.float64) + (np.stack([cols, rows], 1) + 0.5) * 0.05
-    exact = np.min(tracks.point_segment_distance(pts[:, None], walls[None]), 1)
+    exact = np.min(point_segment_distance(pts[:, None], walls[None]), 1)
     got = dist[rows, cols]
     near = exact < 0.45
     assert near.sum() > 20 and np.abs(np.abs(got[near]) - exact[near]).max() < 1e-4
     assert np.abs(np.abs(got) - exact).max() < 0.06
     left, right = spielberg_track.boundaries()
-    on_track = np.array([tracks.inside_loop(q, left) != tracks.inside_loop(q, right) for q in pts])
+    on_track = np.array([inside_loop(q, left) != inside_loop(q, right) for q in pts])
     assert on_track.sum() > 20 and ((got > 0) == on_track)[exact > 1e-3].all()
 
 
@@ -176,13 +179,13 @@ def test_lidar_equals_brute_force_on_spielberg(spielberg):
     # walls traced from the image (2219 segments); 360 rays over the lidar's fan, from 12 poses
     walls = np.asarray(spielberg.walls, np.float64)
     centre = np.asarray(spielberg.centreline, np.float64)
-    fan = jr.Fan(360, spielberg.lidar_fov, depth=spielberg.ray_depth)
-    cast = jax.jit(lambda o, h: jr.cast_rays(spielberg, o, h, fan, 15.0))
+    fan = raycast.Fan(360, spielberg.lidar_fov, depth=spielberg.ray_depth)
+    cast = jax.jit(lambda o, h: raycast.cast_rays(spielberg, o, h, fan, 15.0))
     rng = np.random.default_rng(0)
     errs = []
     for i in rng.choice(len(centre), 12, replace=False):
         o = centre[i] + rng.normal(0, 0.3, 2)
-        if float(jr.distance(spielberg, jnp.asarray(o, jnp.float32))) < 0.05:
+        if float(dynamics.distance(spielberg, jnp.asarray(o, jnp.float32))) < 0.05:
             continue
         heading = rng.uniform(-np.pi, np.pi)
         got, seg = cast(jnp.asarray(o, jnp.float32), jnp.float32(heading))
@@ -229,10 +232,10 @@ def test_lidar_matches_analytic_ranges_in_a_square_corridor():
         arcs += [straight @ rot.T, np.stack([cx + r * np.cos(th), cy + r * np.sin(th)], 1)]
     centre = np.concatenate(arcs)
     room = Track("square", centre, np.full(len(centre), 1.0), np.full(len(centre), 1.0))
-    p = jr.make_params(room, grid_resolution=0.05)
+    p = make_params(room, grid_resolution=0.05)
     origin = np.array([0.0, -side / 2])
-    fan = jr.Fan(360, 2 * np.pi * 359 / 360)  # one ray per degree, -179.5 .. +179.5
-    ranges, seg = jax.jit(lambda o: jr.cast_rays(p, o, jnp.float32(np.pi / 360), fan, 15.0))(
+    fan = raycast.Fan(360, 2 * np.pi * 359 / 360)  # one ray per degree, -179.5 .. +179.5
+    ranges, seg = jax.jit(lambda o: raycast.cast_rays(p, o, jnp.float32(np.pi / 360), fan, 15.0))(
         jnp.asarray(origin, jnp.float32)
     )
     angles = np.deg2rad(np.array([90.0, -90.0, 60.0, -60.0, 30.0, -30.0, 120.0, -150.0]))
@@ -246,16 +249,16 @@ def test_lidar_matches_analytic_ranges_in_a_square_corridor():
 @pytest.mark.parametrize("name", ["default", "twisty", "wide_loop"])
 def test_lidar_equals_brute_force_on_every_bundled_track(name):
     track = get_track(name)
-    p = jr.make_params(track, lidar_rays=1080, camera=True)
+    p = make_params(track, lidar_rays=1080, camera=True)
     walls = track.walls().astype(np.float64)
     rng = np.random.default_rng(0)
-    lidar = jr.lidar_fan(p)
-    camera = jr.camera_fan(p)
-    cast = jax.jit(lambda o, h, fan: jr.cast_rays(p, o, h, fan, 15.0), static_argnums=2)
+    lidar = raycast.lidar_fan(p)
+    camera = raycast.camera_fan(p)
+    cast = jax.jit(lambda o, h, fan: raycast.cast_rays(p, o, h, fan, 15.0), static_argnums=2)
     errs = []
     for _ in range(24):
         o = track.centreline[rng.integers(len(track.centreline))] + rng.normal(0, 0.3, 2)
-        if float(jr.distance(p, jnp.asarray(o, jnp.float32))) < 0.05:
+        if float(dynamics.distance(p, jnp.asarray(o, jnp.float32))) < 0.05:
             continue  # sensors never leave the track
         heading = rng.uniform(-np.pi, np.pi)
         for fan in (lidar, camera):
@@ -270,11 +273,11 @@ def test_lidar_equals_brute_force_on_every_bundled_track(name):
 def test_a_small_pair_buffer_only_takes_more_chunks():
     # ray_depth sizes the pair buffer swept per chunk; a tiny one must give the same scans, batched too.
     common = {"camera": True, "camera_width": 32, "camera_height": 8, "reset_mode": "random"}
-    default = jr.make_params("twisty", **common)
-    tiny = jr.make_params("twisty", ray_depth=0.05, camera_ray_depth=0.05, **common)
+    default = make_params("twisty", **common)
+    tiny = make_params("twisty", ray_depth=0.05, camera_ray_depth=0.05, **common)
     assert tiny.ray_depth == 0.05 and default.ray_depth > 1.0
     keys = jax.random.split(jax.random.key(0), 8)
-    obs = [jax.jit(jax.vmap(jr.reset, in_axes=(0, None)))(keys, p)[0] for p in (default, tiny)]
+    obs = [jax.jit(jax.vmap(racecar.reset, in_axes=(0, None)))(keys, p)[0] for p in (default, tiny)]
     assert len(np.unique(np.asarray(obs[0]["pose"])[:, 0])) == 8  # eight different poses
     np.testing.assert_array_equal(obs[0]["lidar"], obs[1]["lidar"])
     np.testing.assert_array_equal(obs[0]["rgb_camera"], obs[1]["rgb_camera"])
@@ -289,11 +292,11 @@ def test_invalid_actions_are_zeroed_and_flagged(params, jitted):
     assert bool(info["invalid_action"]) and not bool(info0["invalid_action"])
     assert float(s_nan.x) == float(s_zero.x) and float(s_nan.steer) == float(s_zero.steer)
     with pytest.raises(ValueError, match="NaN or inf"):
-        jr.check_action(np.array([np.inf, 0.0]))
+        racecar.check_action(np.array([np.inf, 0.0]))
 
 
 def test_auto_reset_and_camera():
-    p = jr.make_params(
+    p = make_params(
         "default",
         lidar_rays=16,
         auto_reset=True,
@@ -303,13 +306,13 @@ def test_auto_reset_and_camera():
         camera_height=16,
         camera_width=16,
     )
-    reset, step = jax.jit(jr.reset), jax.jit(jr.step)
+    reset, step = jax.jit(racecar.reset), jax.jit(racecar.step)
     obs, s = reset(jax.random.key(0), p)
     assert obs["rgb_camera"].shape == (16, 16, 3) and obs["rgb_camera"].dtype == jnp.uint8
     img = np.asarray(obs["rgb_camera"]).astype(int)
-    np.testing.assert_array_equal(img[0, 0], jr.SKY)  # top row: sky, bottom row: floor, middle: a wall
-    assert (img[0] == jr.SKY).all() and (img[-1] != jr.SKY).any(-1).all()
-    assert (img[8] != jr.SKY).any(-1).all() and (img[8] != img[-1]).any(-1).all()
+    np.testing.assert_array_equal(img[0, 0], sensors.SKY)  # top row: sky, bottom row: floor, middle: a wall
+    assert (img[0] == sensors.SKY).all() and (img[-1] != sensors.SKY).any(-1).all()
+    assert (img[8] != sensors.SKY).any(-1).all() and (img[8] != img[-1]).any(-1).all()
     for i in range(5):
         obs, s, r, term, trunc, info = step(jax.random.key(i), s, jnp.array([1.0, 0.0]), p)
     assert bool(trunc) and not bool(term)

@@ -9,9 +9,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from src.envs import jax_racecar as jr
 from src.envs import surfaces as sf
-from src.envs.tracks import Track, get_track
+from src.envs.racecar import env as racecar
+from src.envs.racecar import sensors
+from src.envs.racecar.params import make_params
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.registry import get_track
 
 SPIELBERG = Path(__file__).parent / "fixtures" / "tracks" / "Spielberg" / "Spielberg.yaml"
 CFG = sf.SurfaceConfig(seed=1, ground_image=True, ground_size=(64, 40), ground_px_per_m=20.0)
@@ -28,8 +31,8 @@ def circle():
     """A wide circle (radius 30 m): a car driving straight stays on it for ~10 m; surfaces swapped per test."""
     a = np.linspace(0, 2 * np.pi, 400, endpoint=False)
     track = Track("circle", 30 * np.stack([np.cos(a), np.sin(a)], 1), np.full(400, 2.5), np.full(400, 2.5))
-    params = jr.make_params(track, grid_resolution=0.25, lidar_rays=8, terrain=sf.SurfaceConfig())
-    _, start = jax.jit(jr.reset)(jax.random.key(0), params)
+    params = make_params(track, grid_resolution=0.25, lidar_rays=8, terrain=sf.SurfaceConfig())
+    _, start = jax.jit(racecar.reset)(jax.random.key(0), params)
     return params, start.replace(
         vx=jnp.float32(params.max_speed)
     )  # from full speed to each surface's top speed
@@ -40,7 +43,7 @@ def drive(params, state, motors):
     """Forward speed after each control step, steering straight ahead."""
 
     def body(s, m):
-        _, s, *_ = jr.step(jax.random.key(0), s, jnp.stack([m, 0.0]), params)
+        _, s, *_ = racecar.step(jax.random.key(0), s, jnp.stack([m, 0.0]), params)
         return s, jnp.stack([s.x, s.y, s.vx])
 
     return jax.lax.scan(body, state, motors)[1]
@@ -77,7 +80,7 @@ def test_neutral_surfaces_leave_the_dynamics_as_without_them(circle):
 
 @pytest.fixture(scope="module")
 def default_params():
-    return jr.make_params("default", lidar_rays=8, reset_mode="random", terrain=CFG)
+    return make_params("default", lidar_rays=8, reset_mode="random", terrain=CFG)
 
 
 def _class_colours(params):
@@ -147,9 +150,9 @@ def test_vmapped_equals_single_and_is_deterministic(default_params):
 
     def run(key, action):
         def body(carry, k):
-            return jr.step(k, carry[1], action, p)[:2], None
+            return racecar.step(k, carry[1], action, p)[:2], None
 
-        (obs, s), _ = jax.lax.scan(body, jr.reset(key, p), jax.random.split(key, 3))
+        (obs, s), _ = jax.lax.scan(body, racecar.reset(key, p), jax.random.split(key, 3))
         return obs["ground_image"], s.vx
 
     vimg, vvx = jax.jit(jax.vmap(run))(keys, actions)
@@ -165,20 +168,20 @@ def test_vmapped_equals_single_and_is_deterministic(default_params):
 
 def test_camera_floor_shows_the_surfaces(default_params):
     p = default_params.replace(camera_height=16, camera_width=16)
-    _, s = jax.jit(jr.reset)(jax.random.key(0), p)
-    img = np.asarray(jax.jit(jr.camera)(p, s)).astype(float)
+    _, s = jax.jit(racecar.reset)(jax.random.key(0), p)
+    img = np.asarray(jax.jit(sensors.camera)(p, s)).astype(float)
     # without surfaces a floor row is one colour; with them the floor has the surfaces' texture across a row
     assert np.abs(np.diff(img[12:], axis=1)).mean() > 3.0
     floor = img[12:].reshape(-1, 3)
     ref = np.asarray(sf.PALETTE[: len(sf.NAMES)], float)
-    assert ((floor[:, None] - ref) ** 2).sum(-1).min(1).mean() < ((floor - np.asarray(jr.FLOOR)) ** 2).sum(
+    assert ((floor[:, None] - ref) ** 2).sum(-1).min(1).mean() < ((floor - np.asarray(sensors.FLOOR)) ** 2).sum(
         -1
     ).mean()
 
 
 def test_layer_png_beside_a_map_is_read_onto_the_grid():
-    seed = jr.make_params(get_track(SPIELBERG), lidar_rays=8, terrain=sf.SurfaceConfig(seed=0, layer="seed"))
-    png = jr.make_params(str(SPIELBERG), lidar_rays=8, terrain=sf.SurfaceConfig(seed=0))
+    seed = make_params(get_track(SPIELBERG), lidar_rays=8, terrain=sf.SurfaceConfig(seed=0, layer="seed"))
+    png = make_params(str(SPIELBERG), lidar_rays=8, terrain=sf.SurfaceConfig(seed=0))
     a, b = np.asarray(seed.terrain.surface), np.asarray(png.terrain.surface)
     on = a < sf.BARRIER
     assert set(np.unique(b[on])) == set(range(len(sf.NAMES)))

@@ -13,7 +13,8 @@ from src.envs.laptime import (
     min_lap_time,
     speed_profile,
 )
-from src.envs.tracks import Track, bundled_tracks, get_track
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.registry import bundled_tracks, get_track
 
 SPIELBERG = Path(__file__).parent / "fixtures" / "tracks" / "Spielberg" / "Spielberg.yaml"
 
@@ -78,7 +79,7 @@ def test_bad_limits_are_named():
 
 
 def test_default_car_limits_come_from_env_params():
-    from src.envs.jax_racecar import EnvParams
+    from src.envs.racecar.params import EnvParams
 
     lim = default_limits()
     fields = {f.name: f.default for f in __import__("dataclasses").fields(EnvParams)}

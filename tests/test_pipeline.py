@@ -19,7 +19,8 @@ from PIL import Image
 
 from src import contract
 from src.config import DataConfig, ModalityConfig, ModelConfig
-from src.data import errors, pcd, synthetic, transforms
+from src.data import errors, pcd, synthetic
+from src.data.bev import radar_bev
 from src.data.cmht import dataset, index, readers
 
 absl.flags.FLAGS.mark_as_parsed()  # Grain's spawned workers read absl flags
@@ -142,8 +143,8 @@ def test_radar_is_moved_into_the_lidar_frame_with_the_sequence_calibration(root,
     points = pcd.read_pcd(seq / "radar" / "front_points" / "00000004.pcd")
     grid = contract.bev_grid(MODEL.bev, SHAPES["radar"])
     to_lidar = readers.radar_to_lidar(pose["rotation"], pose["translation"])
-    np.testing.assert_array_equal(calibrated[4]["radar"], transforms.radar_bev(points, grid, to_lidar=to_lidar))
-    np.testing.assert_array_equal(plain[4]["radar"], transforms.radar_bev(points, grid))
+    np.testing.assert_array_equal(calibrated[4]["radar"], radar_bev(points, grid, to_lidar=to_lidar))
+    np.testing.assert_array_equal(plain[4]["radar"], radar_bev(points, grid))
     assert not np.array_equal(calibrated[4]["radar"][..., 0], plain[4]["radar"][..., 0])
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from src import config
 from src.config import ModalityConfig, ModelConfig, PPOConfig, RLConfig
-from src.envs import gym_wrapper
+from src.envs import observations, wrappers
 from src.infra import plots
 from src.infra.checkpoint import export_encoder
 from src.models.actor_critic import FROZEN_PREFIXES, RaceformerAgent, load_pretrained
@@ -280,12 +280,13 @@ def _point_cfg_eval(**eval_settings) -> RLConfig:
 
 
 def test_reset_at_gives_distinct_poses_at_evenly_spaced_progress():
-    from src.envs import jax_racecar as jr
+    from src.envs.racecar import env as racecar
+    from src.envs.racecar.params import make_params
 
-    params = jr.make_params("default", lidar_rays=8)
+    params = make_params("default", lidar_rays=8)
     k = 8
     starts = jnp.arange(k) / k
-    _, states = jax.jit(jax.vmap(lambda key, p: jr.reset_at(key, params, p)))(
+    _, states = jax.jit(jax.vmap(lambda key, p: racecar.reset_at(key, params, p)))(
         jax.random.split(jax.random.PRNGKey(0), k), starts
     )
     progress = np.asarray(states.lap_progress, np.float64)
@@ -295,7 +296,7 @@ def test_reset_at_gives_distinct_poses_at_evenly_spaced_progress():
     xy = np.stack([states.x, states.y], 1)
     spacing = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(k) * 1e9
     assert spacing.min() > 0.1 * params.track_length / k  # K distinct poses around the track
-    _, grid = jr.reset(jax.random.PRNGKey(0), params)  # the first start is the start line
+    _, grid = racecar.reset(jax.random.PRNGKey(0), params)  # the first start is the start line
     np.testing.assert_allclose(
         [states.x[0], states.y[0], states.yaw[0]], [grid.x, grid.y, grid.yaw], atol=1e-6
     )
@@ -369,17 +370,17 @@ def test_bullet_host_engine_feeds_the_agent_contract_obs_final_observations_incl
     )
     s = trainer.setup(cfg)
     engine = s.env.make_engine(s.learner)
-    assert isinstance(engine.env, gym_wrapper.ContractObsVectorWrapper)
+    assert isinstance(engine.env, wrappers.ContractObsVectorWrapper)
     raw = engine.env.env = _RawRecorder(engine.env.env)
     sim = raw.unwrapped.get_attr("sim_config")[0]
-    spec = gym_wrapper.ScanSpec(sim.lidar_rays, sim.lidar_fov, sim.lidar_range)
+    spec = observations.ScanSpec(sim.lidar_rays, sim.lidar_fov, sim.lidar_range)
     seen_policy, seen_value = [], []
     policy_step, value = engine.policy_step, engine.value
     engine.policy_step = lambda st, obs: (seen_policy.append(obs), policy_step(st, obs))[1]
     engine.value = lambda st, obs: (seen_value.append(obs), value(st, obs))[1]
 
     def expected(env_obs):
-        sample, valid = gym_wrapper.contract_obs(env_obs, TINY_MODEL.modalities, cfg.model.bev, spec)
+        sample, valid = observations.contract_obs(env_obs, TINY_MODEL.modalities, cfg.model.bev, spec)
         sample.pop("timestamp")
         return {**sample, "valid": valid}
 

@@ -2,7 +2,7 @@
 
 Both ends of the scan path, so that beam order does not rest on the PyBullet cross-check alone: `lidar()` in
 an asymmetric corridor (left and right walls at different, known distances), and the scan -> BEV mapping of
-`gym_wrapper` (NumPy and jnp) for a single return at +90 deg.
+`observations` (NumPy and jnp) for a single return at +90 deg.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import pytest
 
 from src import contract
 from src.config import BevConfig, ModalityConfig
-from src.envs import jax_racecar as jr
-from src.envs.gym_wrapper import ScanSpec, contract_obs, contract_obs_jax
-from src.envs.tracks import Track
+from src.envs.observations import ScanSpec, contract_obs, contract_obs_jax
+from src.envs.racecar import env as racecar
+from src.envs.racecar import sensors
+from src.envs.racecar.params import make_params
+from src.envs.tracks.geometry import Track
 
 LEFT, RIGHT = 0.6, 1.4  # m from the centreline to the left / right wall
 
@@ -39,10 +41,10 @@ def test_lidar_sees_the_left_wall_at_plus_90_degrees():
     n = len(centre)
     corridor = Track("corridor", centre, np.full(n, LEFT), np.full(n, RIGHT))
     # 181 beams over 180 deg: beam 0 at -90 deg (right), beam 90 straight ahead, beam 180 at +90 deg (left)
-    params = jr.make_params(corridor, lidar_rays=181, lidar_fov=np.pi, pose_noise=0.0)
-    _, state = jr.reset(jax.random.PRNGKey(0), params)
-    np.testing.assert_allclose([state.yaw, jr._pose(params, state)[1]], [0.0, 0.0], atol=1e-6)
-    ranges = np.asarray(jax.jit(jr.lidar)(params, state))
+    params = make_params(corridor, lidar_rays=181, lidar_fov=np.pi, pose_noise=0.0)
+    _, state = racecar.reset(jax.random.PRNGKey(0), params)
+    np.testing.assert_allclose([state.yaw, sensors.pose(params, state)[1]], [0.0, 0.0], atol=1e-6)
+    ranges = np.asarray(jax.jit(sensors.lidar)(params, state))
     np.testing.assert_allclose(ranges[[180, 0]], [LEFT, RIGHT], atol=1e-4)
     # +-45 deg: the same walls, sqrt(2) further along the diagonal
     np.testing.assert_allclose(ranges[[135, 45]], np.sqrt(2) * np.array([LEFT, RIGHT]), atol=1e-4)

@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from src.data import errors, pcd, synthetic, transforms
+from src import contract
+from src.data import bev, errors, pcd, synthetic
 from src.data.cmht import index, inspect, readers
 
 FRAMES = 45  # 4.5 s: more than one held GPS fix
@@ -127,7 +128,7 @@ def test_radar_points_carry_box_velocities(seq):
     vx = (np.stack([pts["vx"], pts["vy"], np.zeros_like(pts["vx"])], -1) @ to_lidar[:3, :3].T)[:, 0]
     moving = np.abs(vx + synthetic.EGO_SPEED) > 1.0  # static clutter closes in at the ego speed
     assert moving.any() and (~moving).any()
-    y = transforms.radar_in_lidar_frame(pts, to_lidar)["y"]
+    y = bev.radar_in_lidar_frame(pts, to_lidar)["y"]
     assert np.all(np.abs(y[~moving]) > 8.0)  # the clutter lies on the walls
 
 
@@ -141,19 +142,19 @@ def test_radar_returns_land_on_their_objects_lidar_cells_only_through_the_extrin
     box = np.array([[30.0, -3.5, -1.0, 4.6, 1.9, 1.6, 0.0]])  # a car ahead in the right lane
     lidar = synthetic.lidar_sweep(np.random.default_rng(0), box, np.array([150.0]), 20_000)
     radar = synthetic.radar_scan(np.random.default_rng(1), box, np.array([-5.0]), np.array([10.0]))
-    grid = transforms.BevGrid((-40.0, 40.0), (-40.0, 40.0), (-5.0, 5.0), height=160, width=160, intensity_max=255.0)
-    car = transforms.rasterize_boxes(box, grid) > 0  # the car's footprint cells
+    grid = contract.BevGrid((-40.0, 40.0), (-40.0, 40.0), (-5.0, 5.0), height=160, width=160, intensity_max=255.0)
+    car = bev.rasterize_boxes(box, grid) > 0  # the car's footprint cells
     car = car | np.roll(car, 1, 0) | np.roll(car, -1, 0)  # one cell of slack for the sensors' noise
     car = car | np.roll(car, 1, 1) | np.roll(car, -1, 1)
     on_car = _in_box(lidar["x"], lidar["y"], box[0]) & (lidar["z"] > box[0, 2] - box[0, 5] / 2 + 0.05)
-    seen = transforms.lidar_bev({k: v[on_car] for k, v in lidar.items()}, grid)[..., 0] > 0
+    seen = bev.lidar_bev({k: v[on_car] for k, v in lidar.items()}, grid)[..., 0] > 0
     assert seen.sum() >= 3 and np.all(car[seen])  # the car's LiDAR returns lie in those cells
-    moved = transforms.radar_in_lidar_frame(radar, to_lidar)
+    moved = bev.radar_in_lidar_frame(radar, to_lidar)
     returns = np.abs(moved["y"]) < 7.0  # the car's returns; the clutter lies on the walls at |y| = 9
     assert returns.sum() >= 2
     own = {k: v[returns] for k, v in radar.items()}
-    placed = transforms.radar_bev(own, grid, to_lidar=to_lidar)[..., 0] > 0
-    ignored = transforms.radar_bev(own, grid)[..., 0] > 0
+    placed = bev.radar_bev(own, grid, to_lidar=to_lidar)[..., 0] > 0
+    ignored = bev.radar_bev(own, grid)[..., 0] > 0
     assert placed.any() and np.all(car[placed])
     assert ignored.any() and not np.any(car[ignored])
 

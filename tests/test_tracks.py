@@ -7,17 +7,11 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from src.envs import tracks
-from src.envs.tracks import (
-    Track,
-    check_track,
-    get_track,
-    load_map,
-    procedural_track,
-    read_occupancy,
-    read_waypoints,
-    write_map,
-)
+from src.envs.tracks.geometry import Track, distance_to_loop
+from src.envs.tracks.maps import load_map, read_occupancy, read_waypoints, world_to_pixels, write_map
+from src.envs.tracks.procedural import procedural_track
+from src.envs.tracks.registry import BUNDLED_DIR, BUNDLED_SPECS, bundled_tracks, get_track
+from src.envs.tracks.validation import check_track
 
 SPIELBERG = Path(__file__).parent / "fixtures" / "tracks" / "Spielberg"  # see ATTRIBUTION.md there
 SPIELBERG_YAML = SPIELBERG / "Spielberg.yaml"
@@ -74,8 +68,8 @@ def test_map_round_trip_with_and_without_csv(written_map):
     np.testing.assert_allclose(with_csv.width_left, t.width_left, atol=0.05)
     np.testing.assert_allclose(with_csv.width_right, t.width_right, atol=0.05)
     for traced, exact in zip(with_csv.boundaries(), t.boundaries()):
-        assert tracks.distance_to_loop(traced, exact).max() < 0.05
-        assert tracks.distance_to_loop(exact, traced).max() < 0.05
+        assert distance_to_loop(traced, exact).max() < 0.05
+        assert distance_to_loop(exact, traced).max() < 0.05
     extracted = load_map(yaml_path)  # centreline traced from the free space
     _, off = t.project(extracted.centreline)
     assert off.max() < 0.1
@@ -87,9 +81,9 @@ def test_map_round_trip_with_and_without_csv(written_map):
 
 
 def test_bundled_tracks_load_through_load_map():
-    bundled = tracks.bundled_tracks()
-    assert set(bundled) == set(tracks.BUNDLED_SPECS) and "default" in bundled
-    for name, spec in tracks.BUNDLED_SPECS.items():
+    bundled = bundled_tracks()
+    assert set(bundled) == set(BUNDLED_SPECS) and "default" in bundled
+    for name, spec in BUNDLED_SPECS.items():
         regenerated = procedural_track(name=name, **spec)
         np.testing.assert_allclose(bundled[name].centreline, regenerated.centreline, atol=1e-5)
         check_track(bundled[name], min_width=2.0 - 0.05)  # widths measured to the traced walls (1 px)
@@ -115,7 +109,7 @@ def test_bad_map_inputs_name_the_file(written_map, tmp_path):
         load_map(yaml_path, text_csv)
     with pytest.raises(ValueError, match="unknown track"):
         get_track("no_such_track")
-    assert Path(tracks.BUNDLED_DIR / "default.png").is_file()
+    assert Path(BUNDLED_DIR / "default.png").is_file()
 
 
 # ------------------------------------------------------------------------------------ a real map (Spielberg)
@@ -229,7 +223,7 @@ def test_maps_without_one_clear_loop_get_clear_errors(written_map, tmp_path):
     with pytest.raises(ValueError, match=r"twice\.yaml: 2 separate free loops; pass a waypoint CSV"):
         load_map(save("twice", np.concatenate([img, img], axis=1)))
     speck = img.copy()
-    col, row = tracks._world_to_pixels(t.centreline[100], free.shape, res, origin)
+    col, row = world_to_pixels(t.centreline[100], free.shape, res, origin)
     speck[int(row) - 10 : int(row) - 8, int(col)] = 0  # a 2-pixel obstacle on the track, off the centreline
     with pytest.raises(ValueError, match=r"speck\.yaml: the track's free loop encloses 2 separate obstacles"):
         load_map(save("speck", speck), yaml_path.with_suffix(".csv"))

@@ -3,4 +3,4 @@
 import gymnasium
 
 if "raceformer/BulletRace-v0" not in gymnasium.registry:
-    gymnasium.register(id="raceformer/BulletRace-v0", entry_point="src.envs.bullet_racecar:BulletRaceEnv")
+    gymnasium.register(id="raceformer/BulletRace-v0", entry_point="src.envs.bullet.env:BulletRaceEnv")

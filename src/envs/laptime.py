@@ -7,7 +7,7 @@ both periodic (a flying lap). Lap time = integral ds / v, exact per segment for 
 Acceleration and cornering are treated as independent limits (no friction ellipse), so the bound is a
 little optimistic; it is driven on the centreline, not a racing line, so it is not the true optimum.
 
-Car limits of the JAX env (`src/envs/jax_racecar.py`, `EnvParams`): v_max = `max_speed` (the motor's target
+Car limits of the JAX env (`src/envs/racecar/params.py`, `EnvParams`): v_max = `max_speed` (the motor's target
 speed at full throttle), acceleration and braking = `max_accel` (the clip on the motor's tracking law; the
 first-order approach `speed_gain * (v_max - v)` near v_max is ignored), lateral = `mu * g` (the tyres' force
 saturates at mu * Fz). `CarLimits.from_params` reads exactly these.
@@ -25,9 +25,10 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from src.envs.tracks import Track, bundled_tracks, get_track
-
-GRAVITY = 9.81
+from src.envs.racecar.params import EnvParams
+from src.envs.surfaces import G
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.registry import bundled_tracks, get_track
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +53,12 @@ class CarLimits:
             max_speed=float(params.max_speed),
             max_accel=float(params.max_accel),
             max_brake=float(params.max_accel),
-            max_lateral=float(params.mu) * GRAVITY,
+            max_lateral=float(params.mu) * G,
         )
 
 
 def default_limits(**overrides: float) -> CarLimits:
     """Limits of the JAX env's default car (`EnvParams` defaults), with `max_speed` etc. overridden."""
-    from src.envs.jax_racecar import EnvParams
-
     names = ("max_speed", "max_accel", "mu")
     defaults = {f.name: f.default for f in dataclasses.fields(EnvParams) if f.name in names}
     base = CarLimits.from_params(argparse.Namespace(**defaults))

@@ -22,7 +22,9 @@ import numpy as np
 from src.config import DataConfig, ModelConfig
 from src.data.episodes.writer import write_episode
 from src.envs import controllers
-from src.envs import jax_racecar as sim
+from src.envs.racecar import env as racecar
+from src.envs.racecar import sensors
+from src.envs.racecar.params import make_params
 
 DEFAULT_CAMERAS: tuple[str, ...] = ("front", "front_left", "front_right")
 CAMERA_YAW_DEG: dict[str, float] = {"front": 0.0, "front_left": 30.0, "front_right": -30.0}
@@ -67,7 +69,7 @@ class Driver:
     """A trained policy to drive with, and the env it was trained in (the recorder's env must match it)."""
 
     policy: Callable[[dict], jax.Array]  # ONE raw jax_racecar observation -> its [2] action; jit/vmap-able
-    settings: dict[str, Any]  # the run's `jax_racecar.make_params` settings besides the track
+    settings: dict[str, Any]  # the run's `make_params` settings besides the track
     track: str
 
 
@@ -85,10 +87,10 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) 
         turned = state.yaw + yaw
         dx = arm * (jnp.cos(state.yaw) - jnp.cos(turned))
         dy = arm * (jnp.sin(state.yaw) - jnp.sin(turned))
-        return sim.camera(params, state.replace(x=state.x + dx, y=state.y + dy, yaw=turned))
+        return sensors.camera(params, state.replace(x=state.x + dx, y=state.y + dy, yaw=turned))
 
     k_reset, k_speed, k_run = jax.random.split(key, 3)
-    obs, state = sim.reset(k_reset, params)
+    obs, state = racecar.reset(k_reset, params)
     target = jax.random.uniform(k_speed, (), minval=spec.speed_range[0], maxval=spec.speed_range[1])
     noise = jnp.asarray(spec.noise, jnp.float32)
 
@@ -115,7 +117,7 @@ def _rollout(key: jax.Array, params: Any, spec: RecordSpec, policy: Any = None) 
             action = control(obs, keys[2 * i])
             if i == 0:
                 record["action"] = action
-            obs, state, _, terminated, truncated, _ = sim.step(keys[2 * i + 1], state, action, params)
+            obs, state, _, terminated, truncated, _ = racecar.step(keys[2 * i + 1], state, action, params)
             done = done | terminated | truncated
         return (obs, state, done), record
 
@@ -139,7 +141,7 @@ def recording_env(spec: RecordSpec, load_driver: DriverLoader | None = None) -> 
         policy, settings = driver.policy, driver.settings
         if driver.track != spec.track:
             raise ValueError(f"{spec.checkpoint}: the run drove track {driver.track!r}, not {spec.track!r}")
-    params = sim.make_params(
+    params = make_params(
         spec.track,
         **{**settings, "reset_mode": "random", "pose_noise": 0.0},
         camera_height=spec.size[0],

@@ -35,13 +35,16 @@ from flax import struct
 from PIL import Image
 from scipy import ndimage
 
-from src.envs import tracks
+from src.envs.tracks import maps
+from src.envs.tracks.raster import DEFAULT_RESOLUTION, rasterize
+from src.envs.tracks.registry import get_track
+from src.envs.tracks.validation import check_track
 
 NAMES = ("asphalt", "kerb", "gravel", "grass")
 ASPHALT, KERB, GRAVEL, GRASS, BARRIER = range(5)
 # PNG palette (and the ground-truth map's colours): one RGB per class id, barrier last
 PALETTE = ((90, 90, 96), (220, 40, 40), (200, 170, 110), (60, 150, 60), (30, 30, 30))
-G = 9.81
+G = 9.81  # m/s^2, the car model's g: tyre loads, friction circle, rolling resistance, the lap-time bound
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +156,7 @@ def _cell_centres(origin: np.ndarray, res: float, shape: tuple[int, int]) -> np.
 
 def read_layer(png: Path, yaml_path: Path, dist: np.ndarray, origin: np.ndarray, res: float) -> np.ndarray:
     """int32 [H, W] class ids on the env grid from a layer PNG over the map `yaml_path` (nearest pixel)."""
-    free, map_res, map_origin = tracks.read_occupancy(yaml_path)
+    free, map_res, map_origin = maps.read_occupancy(yaml_path)
     try:
         with Image.open(png) as im:
             ids = np.asarray(im if im.mode in ("P", "L") else im.convert("L"))
@@ -163,7 +166,7 @@ def read_layer(png: Path, yaml_path: Path, dist: np.ndarray, origin: np.ndarray,
         raise ValueError(
             f"{png}: surface layer is {ids.shape[::-1]} px, its map {yaml_path.name} is {free.shape[::-1]}"
         )
-    cols, rows = tracks._world_to_pixels(
+    cols, rows = maps.world_to_pixels(
         _cell_centres(origin, res, dist.shape), free.shape, map_res, map_origin
     )
     r = np.clip(np.rint(rows), 0, free.shape[0] - 1).astype(np.int64)
@@ -186,9 +189,9 @@ def read_layer(png: Path, yaml_path: Path, dist: np.ndarray, origin: np.ndarray,
 
 def write_layer(terrain: TerrainParams, yaml_path: str | Path, out: str | Path) -> Path:
     """Write the raster as a layer PNG over the map `yaml_path` (same size as its image, palette = `PALETTE`)."""
-    free, map_res, map_origin = tracks.read_occupancy(yaml_path)
+    free, map_res, map_origin = maps.read_occupancy(yaml_path)
     rows, cols = np.meshgrid(np.arange(free.shape[0]), np.arange(free.shape[1]), indexing="ij")
-    world = tracks._pixels_to_world(cols, rows, free.shape, map_res, map_origin)
+    world = maps.pixels_to_world(cols, rows, free.shape, map_res, map_origin)
     ids = np.asarray(surface_at(terrain, jnp.asarray(world, jnp.float32))).astype(np.uint8)
     im = Image.fromarray(ids, mode="P")
     im.putpalette([v for rgb in PALETTE for v in rgb])
@@ -320,18 +323,18 @@ def ground_image(terrain: TerrainParams, pose: jax.Array) -> jax.Array:
 
 def main(argv: list[str] | None = None) -> None:
     """Write a map's surface layer PNG (`<stem>_surface.png` beside it) generated from a seed."""
-    from src.envs import jax_racecar
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("map_yaml")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     yaml_path = Path(args.map_yaml)
     out = yaml_path.with_name(yaml_path.stem + "_surface.png")
-    params = jax_racecar.make_params(
-        str(yaml_path), lidar_rays=8, terrain=SurfaceConfig(seed=args.seed, layer="seed")
-    )
-    print(write_layer(params.terrain, yaml_path, out))
+    track = get_track(str(yaml_path))
+    check_track(track)
+    grid = rasterize(track, DEFAULT_RESOLUTION)  # the JAX env's grid, as `make_params` builds it
+    cfg = SurfaceConfig(seed=args.seed, layer="seed")
+    terrain = build(cfg, float(track.length), grid.dist, grid.progress, grid.origin, grid.res)
+    print(write_layer(terrain, yaml_path, out))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ import numpy as np
 
 from src import config
 from src.config import RLConfig
-from src.envs import gym_wrapper, gymnax_adapter, jax_racecar
+from src.envs import gymnax_adapter, observations, wrappers
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import make_params
 from src.envs.surfaces import SurfaceConfig
-from src.envs.tracks import get_track
+from src.envs.tracks.registry import get_track
 from src.rl.evaluate import RACING_INFO, eval_starts, host_eval_rollout, jitted_eval
 from src.rl.ppo import Learner, TrainState
 from src.rl.train_host import HostEngine
@@ -71,7 +73,7 @@ def _vector_env(cfg: RLConfig, num_envs: int, seed_offset: int = 0) -> Any:
     if cfg.env.kind == "bullet":
         # Contract-1 samples (final observations included) on the BEV grid of `[model.bev]`, which a
         # fine-tuning run has checked against its encoder's; flat [motor, steering] actions
-        return gym_wrapper.ContractObsVectorWrapper(env, cfg.model.modalities, cfg.model.bev)
+        return wrappers.ContractObsVectorWrapper(env, cfg.model.modalities, cfg.model.bev)
     return env
 
 
@@ -112,7 +114,7 @@ def host_training_env(cfg: RLConfig) -> TrainingEnv:
 
 
 def env_settings(cfg: RLConfig) -> dict[str, Any]:
-    """The `jax_racecar.make_params` settings of a run's env (besides its track), shared with the recorder."""
+    """The `make_params` settings of a run's env (besides its track), shared with the recorder."""
     e = cfg.env
     return {
         "lidar_rays": e.lidar_rays,
@@ -133,10 +135,10 @@ def env_settings(cfg: RLConfig) -> dict[str, Any]:
 def contract_obs_fn(cfg: RLConfig, params: Any) -> Callable[[dict], dict]:
     """The jit-able map of a jax_racecar observation to the agent's Contract-1 input (radar/IR zeros, invalid;
     the lidar BEV on the grid of `[model.bev]`, which a fine-tuning run has checked against its encoder's)."""
-    spec = gym_wrapper.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
+    spec = observations.ScanSpec(params.lidar_rays, params.lidar_fov, params.lidar_range)
 
     def obs_fn(env_obs: dict) -> dict:
-        sample, valid = gym_wrapper.contract_obs_jax(env_obs, cfg.model.modalities, cfg.model.bev, spec)
+        sample, valid = observations.contract_obs_jax(env_obs, cfg.model.modalities, cfg.model.bev, spec)
         sample = {k: v for k, v in sample.items() if k != "timestamp"}
         return {**sample, "valid": valid}
 
@@ -146,13 +148,13 @@ def contract_obs_fn(cfg: RLConfig, params: Any) -> Callable[[dict], dict]:
 def racing_env(cfg: RLConfig) -> tuple[JaxEnv, Any]:
     """The pure-JAX racing env as the engine sees it: functional reset/step bound to its params, observations
     mapped to Contract 1 inside jit."""
-    params = jax_racecar.make_params(cfg.env.track or "default", **env_settings(cfg))
+    params = make_params(cfg.env.track or "default", **env_settings(cfg))
     obs_fn = contract_obs_fn(cfg, params)
-    step = functools.partial(jax_racecar.step, params=params)
+    step = functools.partial(racecar.step, params=params)
     if cfg.env.terrain_cost_weight:
         step = terrain_cost_step(cfg, params)
     env = JaxEnv(
-        reset=lambda key: jax_racecar.reset(key, params),
+        reset=lambda key: racecar.reset(key, params),
         step=step,
         obs_fn=obs_fn,
         episode_info=RACING_INFO,
@@ -169,7 +171,7 @@ def terrain_cost_step(cfg: RLConfig, params: Any) -> Callable:
     weight = cfg.env.terrain_cost_weight
 
     def step(key: jax.Array, state: Any, action: jax.Array):
-        obs, state, reward, terminated, truncated, info = jax_racecar.step(key, state, action, params)
+        obs, state, reward, terminated, truncated, info = racecar.step(key, state, action, params)
         cost = cost_of(info["pose"][jnp.array([0, 1, 5])])
         return obs, state, reward - weight * cost, terminated, truncated, {**info, "terrain_cost": cost}
 
@@ -189,7 +191,7 @@ def racecar_training_env(cfg: RLConfig) -> TrainingEnv:
 
     def reset_for(episodes: int) -> Callable[[jax.Array], tuple[Any, Any]]:
         starts = jnp.asarray(eval_starts(cfg, episodes), jnp.float32)
-        return lambda keys: jax.vmap(lambda k, p: jax_racecar.reset_at(k, params, p))(keys, starts)
+        return lambda keys: jax.vmap(lambda k, p: racecar.reset_at(k, params, p))(keys, starts)
 
     rollout = jitted_eval(cfg, env, reset_for)
 

@@ -16,7 +16,7 @@ class TerrainSourceConfig:
     """Where the trajectories are: `topdown` episode folders (any folder holding poses.csv) or CMHT sequences.
 
     CMHT: each LiDAR sweep is a BEV image of `bev_cells` square cells over +-`bev_half_m` metres, with the
-    `channels` of `transforms.lidar_bev`. `synthesize_if_missing` writes a demo set (and its specs) at `root`.
+    `channels` of `lidar_bev`. `synthesize_if_missing` writes a demo set (and its specs) at `root`.
     """
 
     kind: Literal["topdown", "cmht", "sim"] = "topdown"

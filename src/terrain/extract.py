@@ -2,7 +2,7 @@
 
 A trajectory is N top-down images (H x W x C uint8, each with a validity mask: False where nothing was seen),
 SE(2) poses (x, y, yaw in a fixed world frame) and times. The image frame follows the BEV convention of
-`src.data.transforms`: the robot's x (forward) points up (decreasing row), its y (left) points left (decreasing
+`src.data.bev`: the robot's x (forward) points up (decreasing row), its y (left) points left (decreasing
 column); pixel centres sit at integer (row, col); the robot stands at the continuous pixel `robot_row, robot_col`.
 
 For each frame i, later frames j >= i are scanned: the pose of j relative to i gives where the robot will be in

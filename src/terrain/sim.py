@@ -25,8 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial import cKDTree
 
-from src.envs import jax_racecar, surfaces
+from src.envs import surfaces
 from src.envs.controllers import pure_pursuit
+from src.envs.racecar import dynamics
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import EnvParams, make_params
 from src.terrain.extract import GroundGeometry, ScanConfig, Trajectory, patch_offsets, patch_side_m
 from src.terrain.sources import write_topdown_episode
 
@@ -78,14 +81,14 @@ class SimRecordConfig:
         )
 
 
-def env_params(cfg: SimRecordConfig, episode: int) -> jax_racecar.EnvParams:
-    return jax_racecar.make_params(
+def env_params(cfg: SimRecordConfig, episode: int) -> EnvParams:
+    return make_params(
         cfg.tracks[episode], lidar_rays=8, pose_noise=0.0, time_limit=1e9, terrain=cfg.surface_config(episode)
     )
 
 
 def offset_paths(
-    params: jax_racecar.EnvParams, cfg: SimRecordConfig, laps: int, rng: np.random.Generator
+    params: EnvParams, cfg: SimRecordConfig, laps: int, rng: np.random.Generator
 ) -> np.ndarray:
     """[laps, N, 2] centrelines shifted sideways by a smooth random offset, one per lap (module docstring)."""
     c = np.asarray(params.centreline, np.float64)
@@ -93,7 +96,7 @@ def offset_paths(
     normal = np.stack([-t[:, 1], t[:, 0]], 1) / np.linalg.norm(t, axis=1, keepdims=True)  # to the left
     seg = np.linalg.norm(np.roll(c, -1, 0) - c, axis=1)
     s = np.concatenate([[0.0], np.cumsum(seg)[:-1]])
-    room = np.asarray(jax_racecar.distance(params, jnp.asarray(c, jnp.float32)))  # to the nearest wall
+    room = np.asarray(dynamics.distance(params, jnp.asarray(c, jnp.float32)))  # to the nearest wall
     reach = np.maximum(room - cfg.wall_margin_m, 0.0) * cfg.deviation
     knots = max(int(s[-1] + seg[-1]) // int(max(cfg.deviation_knot_m, 1.0)), 4)
     out = []
@@ -106,7 +109,7 @@ def offset_paths(
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _drive(params: jax_racecar.EnvParams, cfg: SimRecordConfig, paths: jax.Array, key: jax.Array):
+def _drive(params: EnvParams, cfg: SimRecordConfig, paths: jax.Array, key: jax.Array):
     def xyyaw(obs):  # the rear axle's pose (pose_noise is 0 here)
         return obs["pose"][jnp.array([0, 1, 5])]
 
@@ -114,7 +117,7 @@ def _drive(params: jax_racecar.EnvParams, cfg: SimRecordConfig, paths: jax.Array
         state, pose, hit = carry
         lap = jnp.clip(jnp.floor(state.total_progress).astype(jnp.int32), 0, paths.shape[0] - 1)
         action = pure_pursuit(pose, state.vx, paths[lap], target_speed=cfg.target_speed)
-        obs, state, _, _, _, info = jax_racecar.step(key, state, action, params)
+        obs, state, _, _, _, info = racecar.step(key, state, action, params)
         return (state, xyyaw(obs), hit | info["wall_collision"]), None
 
     def frame(carry, key):
@@ -124,13 +127,13 @@ def _drive(params: jax_racecar.EnvParams, cfg: SimRecordConfig, paths: jax.Array
         (state, new_pose, hit), _ = jax.lax.scan(control, start, jax.random.split(key, cfg.record_every))
         return (state, new_pose), (pose, image, hit)
 
-    obs, state = jax_racecar.reset(key, params)
+    obs, state = racecar.reset(key, params)
     frames = cfg.steps // cfg.record_every
     return jax.lax.scan(frame, (state, xyyaw(obs)), jax.random.split(key, frames))[1]
 
 
 def drive(
-    params: jax_racecar.EnvParams, cfg: SimRecordConfig, paths: np.ndarray, key: jax.Array
+    params: EnvParams, cfg: SimRecordConfig, paths: np.ndarray, key: jax.Array
 ) -> dict[str, np.ndarray]:
     """Run one episode; returns poses [F, 3] (rear axle x, y, yaw), ground images [F, H, W, 3], and whether the car
     touched a wall in the control steps after each frame [F]."""
@@ -221,7 +224,7 @@ def record(cfg: SimRecordConfig, root: Path, patch_m: float) -> dict[str, Any]:
 
 
 def map_patches(
-    params: jax_racecar.EnvParams, geom: GroundGeometry, scan: ScanConfig
+    params: EnvParams, geom: GroundGeometry, scan: ScanConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     """Patches tiling the whole track (the clearest view: the sharp texture, aligned with the centreline's
     direction), for a cost map: (patches uint8 [K, P, P, 3], tile (row, col) [K, 2], true class [K], grid shape).

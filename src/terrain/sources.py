@@ -6,7 +6,7 @@ Top-down episode directory (what any recorder, e.g. the simulator, writes with `
     frames/NNNNNN.png      the top-down image (8-bit grey or RGB)
     valid/NNNNNN.png       optional 8-bit mask, 0 where nothing was seen (absent: every pixel valid)
 
-CMHT sequence: each LiDAR sweep becomes a BEV image (channels picked from `transforms.lidar_bev`, scaled to
+CMHT sequence: each LiDAR sweep becomes a BEV image (channels picked from `bev.lidar_bev`, scaled to
 uint8) at the pose GPS gives it after sync (east, north, heading of motion); sweeps without a GPS pose are
 odometry gaps. A LiDAR's ground returns lie on rings that leave empty cells between them, so a cell within
 `fill_cells` of a return is filled with the largest value around it and counts as seen; cells farther from any
@@ -24,7 +24,9 @@ from PIL import Image
 from scipy import ndimage
 
 from src import contract
-from src.data import sync, transforms
+from src.contract import BevGrid
+from src.data import sync
+from src.data.bev import lidar_bev
 from src.data.cmht.index import Sequence
 from src.data.errors import CMHTFormatError
 from src.data.pcd import read_pcd
@@ -92,7 +94,7 @@ def read_topdown_episode(folder: str | Path) -> tuple[Trajectory, GroundGeometry
     return traj, geom
 
 
-def cmht_geometry(grid: transforms.BevGrid) -> GroundGeometry:
+def cmht_geometry(grid: contract.BevGrid) -> GroundGeometry:
     """The BEV grid's scale and the LiDAR's pixel (BEV convention; square cells required)."""
     dx, dy = grid.cell_size
     if abs(dx - dy) > 1e-9:
@@ -118,7 +120,7 @@ def fill_gaps(image: np.ndarray, occupied: np.ndarray, cells: int) -> tuple[np.n
 
 def cmht_trajectory(
     seq: Sequence,
-    grid: transforms.BevGrid,
+    grid: BevGrid,
     channels: tuple[str, ...] = ("intensity", "height"),
     fill_cells: int = 1,
 ) -> Trajectory:
@@ -133,7 +135,7 @@ def cmht_trajectory(
     images = np.zeros((len(stream), grid.height, grid.width, len(pick)), np.uint8)
     valid = np.zeros((len(stream), grid.height, grid.width), np.bool_)
     for k, path in enumerate(stream.files):
-        bev = transforms.lidar_bev(read_pcd(path), grid)
+        bev = lidar_bev(read_pcd(path), grid)
         image = np.clip(np.rint(bev[..., pick] * 255.0), 0, 255).astype(np.uint8)
         images[k], valid[k] = fill_gaps(image, bev[..., 0] > 0, fill_cells)
     poses, ok = cmht_poses(seq, stream.timestamps)

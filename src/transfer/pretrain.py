@@ -19,8 +19,9 @@ from src.config import (
 )
 from src.data import synthetic
 from src.data.cmht import dataset
-from src.envs import controllers, jax_racecar
-from src.envs.tracks import Track
+from src.envs import controllers
+from src.envs.racecar import env as racecar
+from src.envs.tracks.geometry import Track
 from src.pretraining import loop as pretrain_loop
 from src.rl import envs as rl_envs
 from src.transfer.config import (
@@ -42,7 +43,7 @@ def record_sim_frames(cfg: TransferConfig, tracks: list[Track], seed: int) -> di
 
         def episode(key: jax.Array, params: Any = params) -> Any:
             k_reset, k_speed, k_run = jax.random.split(key, 3)
-            obs, state = jax_racecar.reset(k_reset, params)
+            obs, state = racecar.reset(k_reset, params)
             target = jax.random.uniform(k_speed, (), minval=rec.speed_range[0], maxval=rec.speed_range[1])
 
             def control_step(carry: tuple, k: jax.Array) -> tuple[tuple, None]:
@@ -53,7 +54,7 @@ def record_sim_frames(cfg: TransferConfig, tracks: list[Track], seed: int) -> di
                     max_lateral_accel=rec.max_lateral_accel, max_speed=params.max_speed,
                 )
                 a = jnp.clip(a + jnp.asarray(rec.noise) * jax.random.normal(k_noise, (2,)), -1.0, 1.0)
-                obs, state, *_ = jax_racecar.step(k_step, state, a, params)
+                obs, state, *_ = racecar.step(k_step, state, a, params)
                 return (obs, state), None
 
             def frame(carry: tuple, k: jax.Array) -> tuple[tuple, Any]:

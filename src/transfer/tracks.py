@@ -11,8 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from src import config
-from src.envs import jax_racecar, laptime
-from src.envs.tracks import Track, get_track, procedural_track
+from src.envs import laptime
+from src.envs.racecar import env as racecar
+from src.envs.racecar.params import make_params
+from src.envs.tracks.geometry import Track
+from src.envs.tracks.procedural import procedural_track
+from src.envs.tracks.registry import get_track
 from src.rl import envs as rl_envs
 from src.rl import evaluate, ppo, train_jax
 from src.transfer.config import (
@@ -41,7 +45,7 @@ def env_params(cfg: TransferConfig, track: Track, reset_mode: str | None = None)
     if "rgb" in cfg.model.modalities:
         h, w = cfg.model.modalities["rgb"].shape[:2]
         settings.update(camera=True, camera_height=h, camera_width=w)
-    return jax_racecar.make_params(
+    return make_params(
         track, **settings, max_speed=cfg.transfer.max_speed, frame_reward=cfg.transfer.frame_reward
     )
 
@@ -66,19 +70,19 @@ def multi_track_env(cfg: TransferConfig, tracks: list[Track]) -> tuple[train_jax
         return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
 
     def reset_batch(keys: jax.Array) -> tuple[Any, Any]:
-        outs = [jax.vmap(lambda key, p=p: jax_racecar.reset(key, p))(cut(keys, i)) for i, p in enumerate(params)]
+        outs = [jax.vmap(lambda key, p=p: racecar.reset(key, p))(cut(keys, i)) for i, p in enumerate(params)]
         return cat([o[0] for o in outs]), cat([o[1] for o in outs])
 
     def step_batch(keys: jax.Array, state: Any, action: jax.Array) -> tuple:
         outs = [
-            jax.vmap(lambda key, s, a, p=p: jax_racecar.step(key, s, a, p))(cut(keys, i), cut(state, i), cut(action, i))
+            jax.vmap(lambda key, s, a, p=p: racecar.step(key, s, a, p))(cut(keys, i), cut(state, i), cut(action, i))
             for i, p in enumerate(params)
         ]
         return tuple(cat([o[j] for o in outs]) for j in range(6))
 
     env = train_jax.JaxEnv(
-        reset=lambda key: jax_racecar.reset(key, params[0]),
-        step=lambda key, state, action: jax_racecar.step(key, state, action, params[0]),
+        reset=lambda key: racecar.reset(key, params[0]),
+        step=lambda key, state, action: racecar.step(key, state, action, params[0]),
         obs_fn=obs_fn,
         episode_info=evaluate.RACING_INFO,
         reset_batch=reset_batch,
@@ -105,8 +109,8 @@ def eval_track(cfg: TransferConfig, spec: str) -> EvalTrack:
     track = load_track(spec)
     params = env_params(cfg, track, reset_mode="grid")
     env = train_jax.JaxEnv(
-        reset=lambda key: jax_racecar.reset(key, params),
-        step=lambda key, state, action: jax_racecar.step(key, state, action, params),
+        reset=lambda key: racecar.reset(key, params),
+        step=lambda key, state, action: racecar.step(key, state, action, params),
         obs_fn=rl_envs.contract_obs_fn(rl_config(cfg), params),
         episode_info=evaluate.RACING_INFO,
     )
@@ -114,7 +118,7 @@ def eval_track(cfg: TransferConfig, spec: str) -> EvalTrack:
     starts = jnp.arange(k, dtype=jnp.float32) / k
 
     def reset(keys: jax.Array) -> tuple[Any, Any]:
-        return jax.vmap(lambda key, p: jax_racecar.reset_at(key, params, p))(keys, starts)
+        return jax.vmap(lambda key, p: racecar.reset_at(key, params, p))(keys, starts)
 
     compiled: dict[int, Callable] = {}
 

@@ -34,7 +34,8 @@ import numpy as np
 
 from src import contract
 from src.config import BevConfig, DataConfig, ModalityConfig, ModelConfig
-from src.data import loader, sync, transforms
+from src.data import images, loader, sync
+from src.data.bev import lidar_bev, radar_bev
 from src.data.cmht import index
 from src.data.errors import CMHTFormatError, Report
 from src.data.pcd import read_pcd
@@ -162,16 +163,16 @@ class DecodeSample(grain.transforms.Map):
         the LiDAR frame with `radar_to_lidar` (the sequence's extrinsic) before they are rasterised."""
         shape = self.shapes[modality]
         if modality == "lidar":
-            return transforms.lidar_bev(read_pcd(path), self.grids["lidar"])
+            return lidar_bev(read_pcd(path), self.grids["lidar"])
         if modality == "radar":
             v, r = self.radar_scales
-            return transforms.radar_bev(
+            return radar_bev(
                 read_pcd(path), self.grids["radar"], to_lidar=radar_to_lidar, velocity_scale=v, rcs_scale=r
             )
         if modality == "rgb":
-            return transforms.rgb_input(path, shape)
+            return images.rgb_input(path, shape)
         if modality == "ir":
-            return transforms.ir_input(path, shape)
+            return images.ir_input(path, shape)
         raise AssertionError(modality)
 
     def map(self, record: Record) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from src import config, contract
 from src.config import BevConfig
-from src.data import transforms
+from src.data.bev import bev_picture, lidar_bev
 from src.data.cmht import dataset
 from src.data.cmht.index import Sequence, find_sequences, sweep_frame
 from src.data.cmht.readers import label_boxes, label_classes, read_image, read_labels
@@ -185,10 +185,10 @@ def write_bev_png(
     elif (label := seq.labels.get(sweep_frame(seq, sweep))) is not None:
         boxes = label_boxes(read_labels(label))
     grid = contract.bev_grid(bev, (size, size, 4))
-    bev = transforms.lidar_bev(read_pcd(seq.streams["lidar"].files[sweep]), grid)
+    bev = lidar_bev(read_pcd(seq.streams["lidar"].files[sweep]), grid)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    transforms.bev_picture(bev, boxes, grid).save(path)
+    bev_picture(bev, boxes, grid).save(path)
     return path, sweep, len(boxes)
 
 

@@ -18,8 +18,9 @@ import numpy as np
 
 from src import contract
 from src.config import DataConfig, ModalityConfig, ModelConfig
-from src.data import loader, transforms
+from src.data import loader
 from src.data.episodes.schema import EpisodeError, Problem, check_episode, find_episode_files, resolve_inside
+from src.data.images import rgb_input
 
 # --------------------------------------------------------------------------------------------- loading
 
@@ -151,7 +152,7 @@ class EpisodeFrameSource:
         if path is None:
             return np.zeros(self.image_shape, np.float32), False
         try:
-            return transforms.rgb_input(path, self.image_shape).astype(np.float32), True
+            return rgb_input(path, self.image_shape).astype(np.float32), True
         except OSError as e:
             raise ValueError(f"{path}: cannot decode image: {e}") from e
 

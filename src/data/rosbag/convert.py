@@ -6,7 +6,7 @@ IMU units are kept (rad/s, m/s^2); the gps_imu records turn ROS's forward-left-u
 the sensor contract's forward-right-down ones (-9.8 at rest, as the frame release records). Point clouds are
 written in the frame they were published in: a bag carries no CMHT calibration, so radar points are used as
 LiDAR-frame unless a `calib/radar/<name>.json` is put into the converted sequence (the pipeline then moves them
-with it, `transforms.radar_in_lidar_frame`).
+with it, `radar_in_lidar_frame`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Per-sample preprocessing, vectorised NumPy: point clouds -> BEV images, image decode/resize/normalise, boxes.
+"""Point clouds and labels -> bird's-eye-view rasters: LiDAR and radar BEV, radar in the LiDAR frame, box
+footprints, a viewable BEV picture.
 
 BEV convention (every BEV image here, LiDAR, radar and label rasters alike): the grid covers
 `x_range` x `y_range` metres of the sensor frame (x forward, y left, z up); row 0 is the far-forward edge
@@ -6,16 +7,16 @@ BEV convention (every BEV image here, LiDAR, radar and label rasters alike): the
 A point lands in row r = floor((x_max - x) / dx) and column c = floor((y_max - y) / dy) (so x = x_max is in row 0
 and x = x_min is outside). Points outside the grid, outside [z_min, z_max), or non-finite are dropped.
 
-The projection is shared by real clouds (CMHT PCD) and the simulator's planar scan (turned into points), so the
-same encoder sees the same picture of the world from both. The grid (`BevGrid`) is defined by the sensor contract
-(`src.contract`, `[model.bev]`).
+The LiDAR projection is shared by real clouds (CMHT PCD) and the simulator's planar scan (turned into points),
+so the same encoder sees the same picture of the world from both; it is written once for NumPy and jnp
+(`xp`), so the jitted simulator path and the host path are the same code. The grid (`BevGrid`) is defined by the
+sensor contract (`src.contract`, `[model.bev]`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,34 +24,32 @@ from PIL import Image, ImageDraw
 
 from src.contract import BevGrid
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-_NORM_SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
-_NORM_SHIFT = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 INTENSITY_FIELDS = ("intensity", "i", "reflectivity")
 RADIAL_VELOCITY_FIELDS = ("velocity", "v_r", "vr", "radial_velocity", "doppler")
 RCS_FIELDS = ("rcs", "rcs_dbsm")
 DENSITY_SATURATION = 64  # the log-density channel reaches 1 at this many points in a cell (MV3D's convention)
-_DENSITY_LUT = np.minimum(np.log1p(np.arange(DENSITY_SATURATION + 1)) / math.log(DENSITY_SATURATION), 1.0)
+_DENSITY_LUT = np.minimum(
+    np.log1p(np.arange(DENSITY_SATURATION + 1)) / math.log(DENSITY_SATURATION), 1.0
+).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- point clouds
 
 
-def _field(points: Mapping[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray | None:
+def _field(points: Mapping[str, Any], names: tuple[str, ...], xp: Any = np) -> Any:
     lower = {k.lower(): k for k in points}
     for n in names:
         if n in lower:
-            return np.asarray(points[lower[n]], np.float32).reshape(-1)
+            return xp.asarray(points[lower[n]], xp.float32).reshape(-1)
     return None
 
 
-def _xyz(points: Any, what: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+def _xyz(points: Any, what: str, xp: Any = np) -> tuple[dict[str, Any], Any, Any, Any]:
     """Accept a field dict (as `read_pcd` returns) or an array [N, >=3] (x, y, z, then intensity, ...)."""
     if isinstance(points, Mapping):
         fields = dict(points)
     else:
-        arr = np.asarray(points, np.float32)
+        arr = xp.asarray(points, xp.float32)
         if arr.ndim != 2 or arr.shape[1] < 3:
             raise ValueError(
                 f"{what}: expected a field dict or an array [N, >=3] (x, y, z, ...), got {arr.shape}"
@@ -58,46 +57,72 @@ def _xyz(points: Any, what: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.
         fields = {"x": arr[:, 0], "y": arr[:, 1], "z": arr[:, 2]}
         if arr.shape[1] >= 4:
             fields["intensity"] = arr[:, 3]
-    xyz = [_field(fields, (k,)) for k in "xyz"]
+    xyz = [_field(fields, (k,), xp) for k in "xyz"]
     if any(v is None for v in xyz):
         raise ValueError(f"{what}: point fields {sorted(fields)} lack one of x, y, z")
     return fields, *xyz
 
 
-def lidar_bev(points: Mapping[str, np.ndarray] | np.ndarray, grid: BevGrid) -> np.ndarray:
-    """A LiDAR point cloud -> float32 BEV image [grid.height, grid.width, 4].
+def _cell_sum(flat: Any, n: int, xp: Any, weights: Any = None) -> Any:
+    """Per-cell count (`weights` None) or sum of `weights` over cells 0..n-1 (index n: dropped points).
+    NumPy sums in float64 (bincount); jnp scatter-adds in float32 (no float64 under default JAX)."""
+    if xp is np:
+        return np.bincount(flat, weights=weights, minlength=n + 1)[:n]
+    if weights is None:
+        return xp.zeros(n + 1, xp.int32).at[flat].add(1)[:n]
+    return xp.zeros(n + 1, xp.float32).at[flat].add(weights)[:n]
+
+
+def _cell_max(flat: Any, values: Any, n: int, xp: Any) -> Any:
+    """Per-cell max of float32 `values` >= 0 over cells 0..n-1; 0 in empty cells (0 is the identity)."""
+    top = xp.zeros(n + 1, xp.float32)
+    if xp is np:
+        with np.errstate(invalid="ignore"):  # non-finite points only ever reach the overflow bin
+            np.maximum.at(top, flat, values)
+        return top[:n]
+    return top.at[flat].max(values)[:n]
+
+
+def lidar_bev(
+    points: Mapping[str, Any] | Any, grid: BevGrid, keep: Any = None, xp: Any = np
+) -> Any:
+    """A LiDAR point cloud -> float32 BEV image [grid.height, grid.width, 4], NumPy (`xp=np`) or jnp (jit-able).
 
     points: {"x", "y", "z", "intensity"} arrays [N] (field names case-insensitive; "i"/"reflectivity" also accepted
-    for the intensity), or an array [N, 4] with those columns. Channels, each 0 in empty cells:
+    for the intensity), or an array [N, 4] with those columns. `keep` [N] bool drops the points where it is
+    False (fixed shapes under jit: a scan's misses). Channels, each 0 in empty cells:
       0 occupancy      1 where the cell holds at least one point
       1 max height     highest z in the cell, mapped from grid.z_range to [0, 1)
       2 mean intensity mean intensity of the cell's points / grid.intensity_max
       3 log density    min(1, log(1 + n) / log(64)) for n points in the cell
+    NumPy accumulates the intensity sums in float64, jnp in float32: the mean-intensity channels agree to
+    float32 rounding, the others exactly.
     """
-    fields, x, y, z = _xyz(points, "lidar_bev")
-    intensity = _field(fields, INTENSITY_FIELDS)
+    fields, x, y, z = _xyz(points, "lidar_bev", xp)
+    intensity = _field(fields, INTENSITY_FIELDS, xp)
     if intensity is None:
         raise ValueError(
             f"lidar_bev: no intensity field among {sorted(fields)} (accepted: {INTENSITY_FIELDS})"
         )
     h, w = grid.height, grid.width
     n = h * w
-    flat = grid.cell_index(x, y, z)
-    count = np.bincount(flat, minlength=n + 1)[:n]
-    isum = np.bincount(flat, weights=intensity, minlength=n + 1)[:n]
+    flat = grid.cell_index(x, y, z, xp)
+    if keep is not None:
+        flat = xp.where(keep, flat, n)
+    count = _cell_sum(flat, n, xp)
+    isum = _cell_sum(flat, n, xp, weights=intensity)
     z0, z1 = grid.z_range
-    top = np.zeros(n + 1, np.float32)  # every kept point has a normalised height >= 0, so 0 is the identity
-    with np.errstate(invalid="ignore"):  # non-finite points only ever reach the overflow bin
-        np.maximum.at(top, flat, (z - np.float32(z0)) * np.float32(1.0 / (z1 - z0)))
-    # empty cells: isum = 0 over a divisor of 1 gives 0. One np.stack interleaves the channels far faster than
+    top = _cell_max(flat, (z - xp.float32(z0)) * xp.float32(1.0 / (z1 - z0)), n, xp)
+    # empty cells: isum = 0 over a divisor of 1 gives 0. One stack interleaves the channels far faster than
     # writing four strided columns.
+    lut = xp.asarray(_DENSITY_LUT)
     channels = (
         count > 0,
-        top[:n],
-        isum * (1.0 / grid.intensity_max) / np.maximum(count, 1),
-        _DENSITY_LUT[np.minimum(count, len(_DENSITY_LUT) - 1)],
+        top,
+        isum * (1.0 / grid.intensity_max) / xp.maximum(count, 1),
+        lut[xp.minimum(count, lut.shape[0] - 1)],
     )
-    out = np.stack(channels, axis=-1, dtype=np.float32)
+    out = xp.stack(channels, axis=-1, dtype=xp.float32)
     return out.reshape(h, w, 4)
 
 
@@ -160,74 +185,6 @@ def radar_bev(
             total = np.bincount(flat, weights=fields[name], minlength=n + 1)[:n].astype(np.float32)
             np.divide(total, count * np.float32(scale), out=out[:, ch], where=occupied)
     return out.reshape(h, w, 3)
-
-
-# --------------------------------------------------------------------------------------------- images
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, C] or [H, W] (or float32 single channel) -> the same dtype at (h, w), bilinear."""
-    h, w = int(size[0]), int(size[1])
-    arr = np.asarray(image)
-    if arr.shape[:2] == (h, w):
-        return arr
-    squeeze = arr.ndim == 3 and arr.shape[2] == 1
-    src = arr[..., 0] if squeeze else arr
-    out = np.asarray(Image.fromarray(src).resize((w, h), Image.Resampling.BILINEAR))
-    return out[..., None] if squeeze else out
-
-
-def normalize_image(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB [..., 3] -> float32 (x / 255 - ImageNet mean) / ImageNet std, as one fused multiply-add.
-
-    The per-channel constants are tiled along whole rows: NumPy's inner loop then runs over W * 3 values
-    instead of 3, several times faster.
-    """
-    arr = np.asarray(rgb)
-    row = arr.reshape(-1, arr.shape[-2] * 3) if arr.ndim >= 2 else arr.reshape(1, 3)
-    reps = row.shape[1] // 3
-    out = row.astype(np.float32) * np.tile(_NORM_SCALE, reps)
-    out += np.tile(_NORM_SHIFT, reps)
-    return out.reshape(arr.shape)
-
-
-def normalize_minmax(image: np.ndarray) -> np.ndarray:
-    """Any single-channel image -> float32 in [0, 1] by its own min and max (a constant image -> all 0)."""
-    x = np.asarray(image, np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    if hi <= lo:
-        return np.zeros_like(x)
-    return (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-
-
-def decode_image(path: str | Path, size: tuple[int, int], mode: str) -> np.ndarray:
-    """Read an image file at (h, w): mode "RGB" -> uint8 [h, w, 3]; mode "F" -> float32 [h, w] (any bit depth).
-
-    JPEGs are decoded at a reduced DCT scale first (`Image.draft`), the largest saving of the whole pipeline for
-    1280x720 frames resized to ~224: the decoder never produces the full-size image.
-    """
-    h, w = int(size[0]), int(size[1])
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("RGB" if mode == "RGB" else "L", (w, h))
-        if mode == "RGB":
-            im = im.convert("RGB")
-        elif im.mode not in ("F",):
-            # 16-bit thermal frames (I;16) and 8-bit ones alike become float32 without losing range
-            im = im.convert("I").convert("F") if im.mode.startswith("I") else im.convert("L").convert("F")
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(im)
-
-
-def rgb_input(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
-    """A colour camera file -> float32 [H, W, 3] model input (resized, ImageNet-normalised)."""
-    return normalize_image(decode_image(path, shape[:2], "RGB"))
-
-
-def ir_input(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
-    """An infrared file -> float32 [H, W, 1] model input (resized, min-max normalised per frame)."""
-    return normalize_minmax(decode_image(path, shape[:2], "F"))[..., None]
 
 
 # --------------------------------------------------------------------------------------------- labels
