@@ -160,6 +160,15 @@ def gps_vector(east: Any, north: Any, heading: Any, speed: Any, xp: Any = np) ->
     return xp.stack(columns, axis=-1).astype(xp.float32)
 
 
+def planar_gps(position: Any, origin: Any, heading: Any, velocity: Any, xp: Any = np) -> Any:
+    """Contract `gps` [..., 5] of a planar ego state, the one mapping of simulators and episode logs: `position`
+    [..., 2] (m) relative to `origin` [..., 2] (the episode's start), ENU `heading` (rad), and a velocity whose
+    first two entries are the planar components (m/s), any frame (only the speed is used)."""
+    position, origin, velocity = xp.asarray(position), xp.asarray(origin), xp.asarray(velocity)
+    speed = xp.sqrt(velocity[..., 0] ** 2 + velocity[..., 1] ** 2)
+    return gps_vector(position[..., 0] - origin[..., 0], position[..., 1] - origin[..., 1], heading, speed, xp)
+
+
 def gps_pose(gps: np.ndarray) -> np.ndarray:
     """The planar pose [..., 3] (east, north in metres from the start, ENU heading in rad) of contract `gps`
     vectors: the inverse of `gps_vector` for the position and heading columns."""

@@ -129,12 +129,8 @@ def _rgb(frames: Any, shape: tuple[int, ...], xp: Any) -> Any:
 
 def _gps(env_obs: Mapping[str, Any], xp: Any = np) -> Any:
     """racecar_gym pose (x, y, z, roll, pitch, yaw) relative to `origin`, and velocity -> contract gps [..., 5]."""
-    pose, velocity = xp.asarray(env_obs["pose"]), xp.asarray(env_obs["velocity"])
-    origin = xp.asarray(env_obs["origin"])
-    speed = xp.sqrt(velocity[..., 0] ** 2 + velocity[..., 1] ** 2)
-    return contract.gps_vector(
-        pose[..., 0] - origin[..., 0], pose[..., 1] - origin[..., 1], pose[..., 5], speed, xp
-    )
+    pose = xp.asarray(env_obs["pose"])
+    return contract.planar_gps(pose[..., :2], xp.asarray(env_obs["origin"])[..., :2], pose[..., 5], env_obs["velocity"], xp)
 
 
 def _imu(env_obs: Mapping[str, Any], xp: Any = np) -> Any:

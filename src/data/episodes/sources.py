@@ -93,12 +93,6 @@ def load_episodes(root: str | Path, on_error: str = "raise") -> tuple[list[Episo
 # --------------------------------------------------------------------------------------------- sources
 
 
-def ego_gps(pose: np.ndarray, velocity: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Episode ego state (pose x, y, yaw; velocity vx, vy, ...) and the episode's first pose -> contract gps [5]."""
-    speed = np.hypot(velocity[..., 0], velocity[..., 1])
-    return contract.gps_vector(pose[..., 0] - start[0], pose[..., 1] - start[1], pose[..., 2], speed)
-
-
 def ego_imu(velocity: np.ndarray, acceleration: np.ndarray) -> np.ndarray:
     """Planar ego state -> contract imu [6]: the yaw rate (velocity[2], counter-clockwise) as a body-frame rate,
     then the recorded specific force, which is already in the contract's frame."""
@@ -169,7 +163,7 @@ class EpisodeFrameSource:
             if name == "rgb":
                 sample[name], valid[name] = images[self.rgb_camera], image_valid[self.rgb_camera]
             elif name == "gps":
-                sample[name], valid[name] = ego_gps(ep.pose[t], ep.velocity[t], ep.pose[0]), np.bool_(True)
+                sample[name], valid[name] = contract.planar_gps(ep.pose[t, :2], ep.pose[0, :2], ep.pose[t, 2], ep.velocity[t]), np.bool_(True)
             elif name == "imu":
                 sample[name], valid[name] = ego_imu(ep.velocity[t], ep.acceleration[t]), ep.imu_valid[t]
             else:  # lidar / radar / ir are not recorded in episodes
