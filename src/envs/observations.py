@@ -130,7 +130,8 @@ def _rgb(frames: Any, shape: tuple[int, ...], xp: Any) -> Any:
 def _gps(env_obs: Mapping[str, Any], xp: Any = np) -> Any:
     """racecar_gym pose (x, y, z, roll, pitch, yaw) relative to `origin`, and velocity -> contract gps [..., 5]."""
     pose = xp.asarray(env_obs["pose"])
-    return contract.planar_gps(pose[..., :2], xp.asarray(env_obs["origin"])[..., :2], pose[..., 5], env_obs["velocity"], xp)
+    origin = xp.asarray(env_obs["origin"])
+    return contract.planar_gps(pose[..., :2], origin[..., :2], pose[..., 5], env_obs["velocity"], xp)
 
 
 def _imu(env_obs: Mapping[str, Any], xp: Any = np) -> Any:

@@ -163,7 +163,8 @@ class EpisodeFrameSource:
             if name == "rgb":
                 sample[name], valid[name] = images[self.rgb_camera], image_valid[self.rgb_camera]
             elif name == "gps":
-                sample[name], valid[name] = contract.planar_gps(ep.pose[t, :2], ep.pose[0, :2], ep.pose[t, 2], ep.velocity[t]), np.bool_(True)
+                gps = contract.planar_gps(ep.pose[t, :2], ep.pose[0, :2], ep.pose[t, 2], ep.velocity[t])
+                sample[name], valid[name] = gps, np.bool_(True)
             elif name == "imu":
                 sample[name], valid[name] = ego_imu(ep.velocity[t], ep.acceleration[t]), ep.imu_valid[t]
             else:  # lidar / radar / ir are not recorded in episodes
