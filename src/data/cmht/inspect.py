@@ -211,7 +211,7 @@ def _format(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="CMHT dataset tools")
+    parser = argparse.ArgumentParser(prog="python -m src.data.cmht", description="CMHT dataset tools")
     sub = parser.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="index every sequence under ROOT and report what it holds")
     ins.add_argument("root")

@@ -184,7 +184,7 @@ def convert_bags(root: str | Path, *, on_error: OnError = "raise", report: Repor
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m src.data.rosbag", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="write a bag as one sequence folder in the CMHT frame layout")
     conv.add_argument("bag", help="the bag folder (with metadata.yaml)")

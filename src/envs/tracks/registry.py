@@ -49,7 +49,7 @@ def get_track(name_or_path: str | Path) -> Track:
 
 def main(argv: list[str] | None = None) -> None:
     """Regenerate the bundled track files from BUNDLED_SPECS."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m src.envs.tracks", description=main.__doc__)
     parser.add_argument("--out", default=str(BUNDLED_DIR))
     args = parser.parse_args(argv)
     for name, spec in BUNDLED_SPECS.items():
