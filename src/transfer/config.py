@@ -1,4 +1,5 @@
-"""The experiment's config: variants, seeds, budgets, tracks, the two pretraining sources, and the PPO and\npretraining configs derived from it for one variant or source."""
+"""The experiment's config: variants, seeds, budgets, tracks, the two pretraining sources, and the PPO and
+pretraining configs derived from it for one variant or source."""
 
 from __future__ import annotations
 

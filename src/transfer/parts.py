@@ -1,4 +1,5 @@
-"""One (variant, seed group) part of the experiment: PPO for each seed as a vmap axis, evaluations at the budgets,\nand the part file under `<run dir>/parts/` (plain arrays + a JSON record with the config hash)."""
+"""One (variant, seed group) part of the experiment: PPO for each seed as a vmap axis, evaluations at the budgets,
+and the part file under `<run dir>/parts/` (plain arrays + a JSON record with the config hash)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The two pretraining sources: CMHT-format data, and the positive control recorded in memory from the\nsimulator's own pure-pursuit driving through the sensor contract; one pretraining run per source, with its probes."""
+"""The two pretraining sources: CMHT-format data, and the positive control recorded in memory from the
+simulator's own pure-pursuit driving through the sensor contract; one pretraining run per source, with its probes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The experiment's report from every part present: rliable IQM with bootstrap CIs, P(improvement) over scratch,\nlearning curves and the minimum-time lap beside every lap time."""
+"""The experiment's report from every part present: rliable IQM with bootstrap CIs, P(improvement) over scratch,
+learning curves and the minimum-time lap beside every lap time."""
 
 from __future__ import annotations
 

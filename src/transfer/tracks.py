@@ -1,4 +1,5 @@
-"""The experiment's envs: the multi-track training env (one track per slice of the env batch) and the evaluation\ntracks with their minimum-time laps."""
+"""The experiment's envs: the multi-track training env (one track per slice of the env batch) and the evaluation
+tracks with their minimum-time laps."""
 
 from __future__ import annotations
 
